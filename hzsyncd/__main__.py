@@ -1,0 +1,5 @@
+"""`python -m hzsyncd`: the same as the `hzsyncd` command."""
+
+from hzsyncd.cli import main
+
+main()
