@@ -1,0 +1,391 @@
+"""The SQLite ledger: every file and record, their outcomes, and the rule against sending twice.
+
+The only module that imports sqlite_utils or speaks SQL. One Ledger is used by one thread at a
+time; the pipeline decides when to commit, so that a re-dropped file of a million duplicates
+costs one commit per batch while every call is still preceded by a committed `sending` mark.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from hzsyncd.errors import LedgerError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 10.0
+
+migrations = Migrations("hzsyncd")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            name TEXT NOT NULL,          -- the name it was dropped under
+            origin TEXT NOT NULL,        -- where it was dropped: a file not finished goes back here
+            drop_dir TEXT NOT NULL,
+            table_name TEXT NOT NULL,
+            op TEXT NOT NULL,
+            work_path TEXT,
+            dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+            records INTEGER,
+            state TEXT NOT NULL,         -- claimed | returned | moving | final
+            disposition TEXT,            -- done | failed
+            reason TEXT,
+            dest TEXT,
+            claimed_at REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX files_sha256 ON files(sha256);
+        CREATE INDEX files_open ON files(state) WHERE state != 'final';
+
+        CREATE TABLE records (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            idx INTEGER NOT NULL,
+            line INTEGER NOT NULL,
+            table_name TEXT NOT NULL,
+            op TEXT NOT NULL,
+            key TEXT,
+            hash TEXT,
+            state TEXT NOT NULL,         -- pending | sending | deferred | final
+            outcome TEXT,
+            code TEXT,
+            messages TEXT,               -- JSON array of the server's (or our) messages
+            response TEXT,               -- the raw reply, verbatim
+            field TEXT,
+            payload TEXT,                -- kept only for records that did not go through
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL,
+            relation_since REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            duration_ms REAL,
+            UNIQUE (file_id, idx)
+        );
+        CREATE INDEX records_content ON records(table_name, key, op, hash);
+        CREATE INDEX records_open ON records(table_name, key) WHERE state != 'final';
+        CREATE INDEX records_outcome ON records(outcome, updated_at);
+
+        -- The duplicate rule's only input; never pruned.
+        CREATE TABLE current (
+            table_name TEXT NOT NULL,
+            key TEXT NOT NULL,
+            op TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            record_id INTEGER NOT NULL,
+            accepted_at REAL NOT NULL,
+            PRIMARY KEY (table_name, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            record_id INTEGER NOT NULL,
+            at REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            code TEXT,
+            response TEXT,
+            duration_ms REAL
+        );
+        CREATE INDEX attempts_record ON attempts(record_id);
+        CREATE INDEX attempts_at ON attempts(at);
+
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        """
+    )
+
+
+Action = Literal["send", "duplicate", "rejected", "wait"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a record: `previous` holds the stored rejection for `rejected`."""
+
+    action: Action
+    previous: dict[str, Any] | None = None
+
+
+_RECORD_COLUMNS = (
+    "id, file_id, idx, line, table_name, op, key, hash, state, outcome, code, messages, "
+    "response, field, payload, attempts, next_at, relation_since, created_at, updated_at, "
+    "duration_ms"
+)
+
+
+class Ledger:
+    """An open ledger file. Use `Ledger.open(path)`; close with `close()` or `with`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self._conn = conn
+        self.db = Database(conn)
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool, synchronous: str = "normal") -> Ledger:
+        """Open the ledger at `path`; create it only when `create` is true.
+
+        Raises LedgerError when the file is missing (and create is false), not a ledger,
+        corrupt, or from a newer hzsyncd.
+        """
+        exists = path.exists()
+        if not exists and not create:
+            raise LedgerError(f"{path}: ledger not found")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+            if exists:
+                check = conn.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    raise LedgerError(f"{path}: ledger is corrupt ({check and check[0]})")
+            ledger = cls(conn, path)
+            ledger._migrate(exists)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot open ledger: {exc}") from exc
+        return ledger
+
+    def _migrate(self, existed: bool) -> None:
+        names = set(self.db.table_names())
+        if existed and names and "meta" not in names:
+            raise LedgerError(f"{self.path}: not an hzsyncd ledger (tables: {sorted(names)})")
+        if "meta" in names:
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: ledger schema {version} is newer than this hzsyncd "
+                    f"understands ({SCHEMA_VERSION}); upgrade hzsyncd"
+                )
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Transactions -----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._conn.in_transaction:
+            self._execute("BEGIN IMMEDIATE")
+
+    def commit(self, *, durable: bool = False) -> None:
+        """Commit what is pending; `durable` also forces it to disk (before a file move)."""
+        if self._conn.in_transaction:
+            self._execute("COMMIT")
+        if durable:
+            # With synchronous=NORMAL a WAL commit is not fsynced; a checkpoint syncs the WAL
+            # and the database, so what the move relies on is on disk before the move.
+            self._execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: {exc}") from exc
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self.begin()
+        return self._execute(sql, params)
+
+    # Files --------------------------------------------------------------------------------
+
+    def add_file(self, **fields: Any) -> int:
+        fields.setdefault("claimed_at", time.time())
+        fields.setdefault("state", "claimed")
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cursor = self._write(
+            f"INSERT INTO files ({columns}) VALUES ({marks})", list(fields.values())
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def update_file(self, file_id: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._write(f"UPDATE files SET {assignments} WHERE id = ?", [*fields.values(), file_id])
+
+    def file(self, file_id: int) -> dict[str, Any]:
+        return self._one("SELECT * FROM files WHERE id = ?", [file_id]) or {}
+
+    def unfinished_file(self, sha256: str, drop_dir: str) -> dict[str, Any] | None:
+        """The not yet final claim of the same content in the same drop folder, to resume."""
+        return self._one(
+            "SELECT * FROM files WHERE sha256 = ? AND drop_dir = ? AND state != 'final' "
+            "ORDER BY id DESC LIMIT 1",
+            [sha256, drop_dir],
+        )
+
+    def open_files(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM files WHERE state != 'final' ORDER BY id")
+
+    def files_by_dest(self, dest: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM files WHERE dest = ? AND state = 'final'", [dest])
+
+    # Records ------------------------------------------------------------------------------
+
+    def record_at(self, file_id: int, idx: int) -> dict[str, Any] | None:
+        return self._one(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE file_id = ? AND idx = ?", [file_id, idx]
+        )
+
+    def max_index(self, file_id: int) -> int:
+        row = self._execute("SELECT max(idx) FROM records WHERE file_id = ?", [file_id]).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
+
+    def decide(self, table: str, key: str, op: str, digest: str, record_id: int | None) -> Decision:
+        """Apply the duplicate rule (DESIGN §4) to a record about to be sent.
+
+        `wait` means an earlier record of the same key is not final yet: sending this one
+        would let it overtake that one.
+        """
+        cur = self._execute(
+            "SELECT op, hash FROM current WHERE table_name = ? AND key = ?", [table, key]
+        ).fetchone()
+        if cur is not None and cur[0] == op and cur[1] == digest:
+            return Decision("duplicate")
+        earlier = self._execute(
+            "SELECT id FROM records WHERE table_name = ? AND key = ? AND state != 'final' "
+            "AND id < ? LIMIT 1",
+            [table, key, record_id if record_id is not None else 2**62],
+        ).fetchone()
+        if earlier is not None:
+            return Decision("wait")
+        rejected = self._one(
+            "SELECT id, outcome, code, messages, response FROM records "
+            "WHERE table_name = ? AND key = ? AND op = ? AND hash = ? AND state = 'final' "
+            "AND outcome = 'rejected' AND id != ? ORDER BY id DESC LIMIT 1",
+            [table, key, op, digest, record_id or 0],
+        )
+        if rejected is not None:
+            return Decision("rejected", rejected)
+        return Decision("send")
+
+    def add_record(self, **fields: Any) -> int:
+        now = time.time()
+        fields.setdefault("created_at", now)
+        fields.setdefault("updated_at", now)
+        if isinstance(fields.get("messages"), (list, tuple)):
+            fields["messages"] = json.dumps(list(fields["messages"]), ensure_ascii=False)
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cursor = self._write(
+            f"INSERT INTO records ({columns}) VALUES ({marks})", list(fields.values())
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def update_record(self, record_id: int, **fields: Any) -> None:
+        fields.setdefault("updated_at", time.time())
+        if isinstance(fields.get("messages"), (list, tuple)):
+            fields["messages"] = json.dumps(list(fields["messages"]), ensure_ascii=False)
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._write(f"UPDATE records SET {assignments} WHERE id = ?", [*fields.values(), record_id])
+
+    def mark_sending(self, record_id: int) -> None:
+        self._write(
+            "UPDATE records SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+            "WHERE id = ?",
+            [time.time(), record_id],
+        )
+
+    def add_attempt(
+        self,
+        record_id: int,
+        outcome: str,
+        code: str | None,
+        response: str | None,
+        duration_ms: float,
+    ) -> None:
+        self._write(
+            "INSERT INTO attempts (record_id, at, outcome, code, response, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [record_id, time.time(), outcome, code, response, duration_ms],
+        )
+
+    def accept(self, record_id: int, table: str, key: str, op: str, digest: str) -> None:
+        """The server accepted the record: it becomes the key's current state."""
+        self._write(
+            "INSERT INTO current (table_name, key, op, hash, record_id, accepted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (table_name, key) DO UPDATE SET "
+            "op = excluded.op, hash = excluded.hash, record_id = excluded.record_id, "
+            "accepted_at = excluded.accepted_at",
+            [table, key, op, digest, record_id, time.time()],
+        )
+
+    def open_records(self, file_id: int) -> list[dict[str, Any]]:
+        return self._all(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE file_id = ? AND state != 'final' "
+            "ORDER BY idx",
+            [file_id],
+        )
+
+    def failed_records(self, file_id: int) -> list[dict[str, Any]]:
+        return self._all(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE file_id = ? AND state = 'final' "
+            "AND outcome = 'rejected' ORDER BY idx",
+            [file_id],
+        )
+
+    def count_outcomes(self, file_id: int) -> dict[str, int]:
+        rows = self._execute(
+            "SELECT coalesce(outcome, state), count(*) FROM records WHERE file_id = ? GROUP BY 1",
+            [file_id],
+        ).fetchall()
+        return {str(name): int(count) for name, count in rows}
+
+    def history(self, table: str, key: str) -> list[dict[str, Any]]:
+        return self._all(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE table_name = ? AND key = ? ORDER BY id",
+            [table, key],
+        )
+
+    def current(self, table: str, key: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
+
+    def prune(self, older_than_days: float) -> int:
+        """Drop attempts older than the limit; the current state is never touched."""
+        cutoff = time.time() - older_than_days * 86400
+        cursor = self._write("DELETE FROM attempts WHERE at < ?", [cutoff])
+        self.commit()
+        return cursor.rowcount
+
+    def integrity(self) -> str:
+        row = self._execute("PRAGMA integrity_check").fetchone()
+        return str(row[0]) if row else "no answer"
+
+    # Helpers -------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        cursor = self._execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        return next(self.query(sql, params), None)
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.query(sql, params))
