@@ -1,0 +1,154 @@
+"""One file through the pipeline: claim → check → read → send each record → dispose."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hzsyncd import spool as spool_mod
+from hzsyncd.client import ReportClient
+from hzsyncd.config import Config
+from hzsyncd.disposal import Disposer
+from hzsyncd.errors import IncompleteFile, InputError
+from hzsyncd.ledger import Ledger
+from hzsyncd.reader import check_file, read_records
+from hzsyncd.records import RecordSender
+from hzsyncd.spool import DropFolder
+from hzsyncd.work import FileReport, Work, identity, sha256_of
+
+# Duplicates cost no call; committing them in batches keeps a re-dropped file cheap.
+COMMIT_EVERY = 2000
+
+
+class Pipeline:
+    """Sends files through the ledger to the service; shared by `send` and the daemon.
+
+    A TransportFailure or IpDenied propagates after the ledger is consistent and the file is
+    left claimed in `.work/`; the caller puts it back (`send`) or retries it later (daemon).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        client: ReportClient,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.clock = clock
+        self.records = RecordSender(config, ledger, client, clock)
+        self.disposer = Disposer(ledger, clock)
+
+    # Claiming ------------------------------------------------------------------------------
+
+    def claim(self, path: Path, folder: DropFolder) -> Work:
+        """Move a dropped file into `.work/` and register it (or resume its earlier claim)."""
+        origin = path
+        if path.parent != folder.work_dir:
+            path = spool_mod.move_no_overwrite(path, folder.work_dir)
+        stat = identity(path)
+        digest = sha256_of(path)
+        row = self.ledger.unfinished_file(digest, str(folder.path))
+        if row is None:
+            file_id = self.ledger.add_file(
+                sha256=digest,
+                name=origin.name,
+                origin=str(origin),
+                drop_dir=str(folder.path),
+                table_name=folder.table.name,
+                op=folder.op.value,
+                work_path=str(path),
+                dev=stat[0],
+                ino=stat[1],
+                size=stat[2],
+                mtime_ns=stat[3],
+            )
+            name = origin.name
+        else:
+            file_id = int(row["id"])
+            name = str(row["name"])
+            self.ledger.update_file(
+                file_id,
+                state="claimed",
+                work_path=str(path),
+                origin=str(origin) if path != origin else row["origin"],
+                dev=stat[0],
+                ino=stat[1],
+                size=stat[2],
+                mtime_ns=stat[3],
+            )
+        self.ledger.commit()
+        report = FileReport(origin, folder.table.name, folder.op.value)
+        return Work(file_id, folder, path, origin, name, stat, report)
+
+    def resume(self, row: dict[str, Any], folder: DropFolder) -> Work:
+        """A file left in `.work/` by an earlier run, as the ledger knows it."""
+        work = Path(row["work_path"])
+        report = FileReport(Path(row["origin"]), folder.table.name, folder.op.value)
+        return Work(
+            int(row["id"]),
+            folder,
+            work,
+            Path(row["origin"]),
+            str(row["name"]),
+            (row["dev"], row["ino"], row["size"], row["mtime_ns"]),
+            report,
+        )
+
+    def put_back(self, work: Work) -> Path:
+        """Return an unfinished file to where it was dropped; its ledger rows stay."""
+        back = spool_mod.move_no_overwrite(work.work, work.origin.parent, work.origin.name)
+        self.ledger.update_file(work.file_id, state="returned", work_path=None, origin=str(back))
+        self.ledger.commit(durable=True)
+        return back
+
+    # Processing ----------------------------------------------------------------------------
+
+    def process(self, work: Work, *, retry_deferred: bool = False) -> FileReport:
+        """Send every record of a claimed file that needs sending, then dispose of the file.
+
+        `retry_deferred` sends deferred records now even before their backoff ends (`send`).
+        """
+        report = work.report
+        try:
+            check = check_file(work.work, self.config.spool.encoding)
+        except IncompleteFile as exc:
+            age = self.clock() - work.identity[3] / 1e9
+            if age < self.config.spool.incomplete_seconds:
+                report.disposition = "incomplete"
+                report.reason = str(exc)
+                return report
+            return self.disposer.fail_whole(work, f"truncated: {exc.reason}", exc.line)
+        except InputError as exc:
+            return self.disposer.fail_whole(work, exc.reason, exc.line, exc.field)
+        report.records = check.records
+        self.ledger.update_file(work.file_id, records=check.records)
+
+        resume_upto = self.ledger.max_index(work.file_id)
+        pending = 0
+        try:
+            for item in read_records(work.work, self.config.spool.encoding):
+                if item.index <= resume_upto:
+                    row = self.ledger.record_at(work.file_id, item.index)
+                    if row is not None:
+                        if row["state"] != "final":
+                            self.records.retry(work, row, item, force=retry_deferred)
+                        continue
+                self.records.first_time(work, item)
+                pending += 1
+                if pending >= COMMIT_EVERY:
+                    self.ledger.commit()
+                    pending = 0
+        finally:
+            self.ledger.commit()
+        return self.disposer.finish(work)
+
+    def finish(self, work: Work) -> FileReport:
+        return self.disposer.finish(work)
+
+    def complete_move(self, file_id: int, dest: Path) -> None:
+        self.disposer.complete_move(file_id, dest)

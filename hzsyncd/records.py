@@ -1,0 +1,241 @@
+"""One record: the duplicate rule, the call, and its outcome recorded in the ledger."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import simplejson
+
+from hzsyncd.client import ReportClient
+from hzsyncd.config import Config
+from hzsyncd.errors import InputError, IpDenied, TransportFailure
+from hzsyncd.ledger import Ledger
+from hzsyncd.logs import event
+from hzsyncd.outcomes import INVALID_CODE, Outcome, Reply
+from hzsyncd.reader import BadRecord, Record
+from hzsyncd.tables import MissingKey
+from hzsyncd.work import Work
+
+
+class RecordSender:
+    """Decides, sends and records single records; TransportFailure and IpDenied propagate
+    after the record is back to `pending` in the ledger."""
+
+    def __init__(
+        self, config: Config, ledger: Ledger, client: ReportClient, clock: Callable[[], float]
+    ):
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.clock = clock
+
+    def first_time(self, work: Work, item: Record | BadRecord) -> None:
+        table = self.config.tables[work.folder.table.name]
+        base = dict(
+            file_id=work.file_id,
+            idx=item.index,
+            line=item.line,
+            table_name=table.name,
+            op=work.folder.op.value,
+        )
+        if isinstance(item, BadRecord):
+            self._refuse(work, base, item.reason, item.field, item.text)
+            return
+        try:
+            key = table.key_of(item.data)
+        except MissingKey as exc:
+            self._refuse(work, base, str(exc), exc.field, item.payload)
+            return
+        record_id = self.ledger.add_record(**base, key=key, hash=item.digest, state="pending")
+        self._decide_and_send(work, record_id, key, item)
+
+    def _refuse(
+        self, work: Work, base: dict[str, Any], reason: str, field: str | None, text: str
+    ) -> None:
+        self.ledger.add_record(
+            **base,
+            state="final",
+            outcome=Outcome.REJECTED.value,
+            code=INVALID_CODE,
+            messages=[reason],
+            field=field,
+            payload=text,
+        )
+        event(
+            logging.WARNING,
+            f"line {base['line']}: {reason}",
+            table=base["table_name"],
+            op=base["op"],
+            file=work.name,
+            outcome=Outcome.REJECTED.value,
+            code=INVALID_CODE,
+        )
+
+    def retry(
+        self, work: Work, row: dict[str, Any], item: Record | BadRecord, *, force: bool
+    ) -> None:
+        if row["state"] == "deferred" and not force and (row["next_at"] or 0) > self.clock():
+            return
+        if isinstance(item, BadRecord) or row["hash"] != item.digest:
+            # The ledger's identity check guarantees the same content; this is a safety net.
+            raise InputError(work.work, "content differs from the ledger's record", item.line)
+        self._decide_and_send(work, int(row["id"]), str(row["key"]), item, row)
+
+    def _decide_and_send(
+        self,
+        work: Work,
+        record_id: int,
+        key: str,
+        item: Record,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        table_name = work.folder.table.name
+        op = work.folder.op.value
+        decision = self.ledger.decide(table_name, key, op, item.digest, record_id)
+        if decision.action == "duplicate":
+            self.ledger.update_record(record_id, state="final", outcome=Outcome.DUPLICATE.value)
+            return
+        if decision.action == "rejected" and decision.previous is not None:
+            prev = decision.previous
+            self.ledger.update_record(
+                record_id,
+                state="final",
+                outcome=Outcome.REJECTED.value,
+                code=prev["code"],
+                messages=prev["messages"],
+                response=prev["response"],
+                payload=item.payload,
+            )
+            self._log_rejection(work, key, item.line, prev["code"], prev["messages"], again=True)
+            return
+        if decision.action == "wait":
+            self.ledger.update_record(
+                record_id,
+                state="deferred",
+                next_at=self.clock() + self.config.retry.backoff_initial,
+                code="waiting",
+                messages=["an earlier version of this key is not final yet"],
+            )
+            return
+        self._send(work, record_id, key, item, row)
+
+    def _send(
+        self, work: Work, record_id: int, key: str, item: Record, row: dict[str, Any] | None
+    ) -> None:
+        table = work.folder.table
+        op = work.folder.op
+        self.ledger.mark_sending(record_id)
+        self.ledger.commit()
+        area_code = self.config.area_codes[table.name]
+        try:
+            reply, elapsed = self.client.call(table.method(op), item.payload, area_code)
+        except TransportFailure as exc:
+            self.ledger.update_record(record_id, state="pending")
+            self.ledger.add_attempt(record_id, Outcome.TRANSPORT.value, None, str(exc), 0.0)
+            self.ledger.commit()
+            raise
+        self._record_reply(work, record_id, key, item, reply, elapsed, row)
+
+    def _record_reply(
+        self,
+        work: Work,
+        record_id: int,
+        key: str,
+        item: Record,
+        reply: Reply,
+        elapsed: float,
+        row: dict[str, Any] | None,
+    ) -> None:
+        table_name = work.folder.table.name
+        op = work.folder.op.value
+        self.ledger.add_attempt(record_id, reply.outcome.value, reply.code, reply.raw, elapsed)
+        common = dict(code=reply.code, messages=list(reply.messages), response=reply.raw)
+        if reply.outcome is Outcome.OK:
+            self.ledger.update_record(
+                record_id, state="final", outcome="ok", duration_ms=elapsed, **common
+            )
+            self.ledger.accept(record_id, table_name, key, op, item.digest)
+            event(
+                logging.DEBUG,
+                "accepted",
+                table=table_name,
+                op=op,
+                file=work.name,
+                key=key,
+                outcome="ok",
+            )
+        elif reply.outcome is Outcome.IP_DENIED:
+            self.ledger.update_record(record_id, state="pending", **common)
+            self.ledger.commit()
+            raise IpDenied(reply.raw or "IP not allowed")
+        elif (
+            reply.outcome is Outcome.RELATION
+            and reply.retryable
+            and not self._relation_expired(row)
+        ):
+            attempts = int(row["attempts"]) + 1 if row else 1
+            delay = min(
+                self.config.retry.backoff_initial * 2 ** (attempts - 1),
+                self.config.retry.backoff_max,
+            )
+            now = self.clock()
+            since = row["relation_since"] if row and row["relation_since"] else now
+            self.ledger.update_record(
+                record_id,
+                state="deferred",
+                outcome=Outcome.RELATION.value,
+                next_at=now + delay,
+                relation_since=since,
+                payload=item.payload,
+                **common,
+            )
+            event(
+                logging.INFO,
+                f"deferred, retry in {delay:.0f} s: {reply.raw}",
+                table=table_name,
+                op=op,
+                file=work.name,
+                key=key,
+                outcome=Outcome.RELATION.value,
+                code=reply.code,
+            )
+        else:
+            self.ledger.update_record(
+                record_id,
+                state="final",
+                outcome=Outcome.REJECTED.value,
+                payload=item.payload,
+                duration_ms=elapsed,
+                **common,
+            )
+            self._log_rejection(work, key, item.line, reply.code, reply.messages)
+        self.ledger.commit()
+
+    def _relation_expired(self, row: dict[str, Any] | None) -> bool:
+        if row is None or not row["relation_since"]:
+            return False
+        limit = self.config.retry.relation_retry_hours * 3600
+        return bool(self.clock() - float(row["relation_since"]) >= limit)
+
+    def _log_rejection(
+        self, work: Work, key: str, line: int, code: str | None, messages: Any, again: bool = False
+    ) -> None:
+        if isinstance(messages, str):
+            try:
+                messages = simplejson.loads(messages)
+            except ValueError:
+                messages = [messages]
+        text = "; ".join(str(m) for m in messages or [])
+        prefix = "rejected before, not resent" if again else "rejected"
+        event(
+            logging.WARNING,
+            f"line {line}: {prefix}: {text}",
+            table=work.folder.table.name,
+            op=work.folder.op.value,
+            file=work.name,
+            key=key,
+            outcome=Outcome.REJECTED.value,
+            code=code,
+        )
