@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,12 +49,13 @@ class CachingTransport(zeep.Transport):
             content = bytes(self._load_remote_data(url))
         except (requests.RequestException, zeep.exceptions.TransportError) as exc:
             if cached is not None and cached.exists():
-                log.warning("%s: unreachable (%s); using the copy from %s", url, exc, cached)
+                log.warning("%s unreachable (%s); using the saved copy %s", url, exc, cached)
                 return cached.read_bytes()
             raise
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
+            # Unique per thread: several worker threads load the WSDL at the same time.
+            tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(content)
             os.replace(tmp, cached)
         return content
@@ -108,10 +110,12 @@ class ReportClient:
         self.timeout = timeout
         self.cache_dir = cache_dir
         self.endpoint = endpoint or None
-        self._service: Any = None
+        # One zeep client per thread: requests sessions are not meant to be shared by threads.
+        self._local = threading.local()
 
     def _proxy(self) -> Any:
-        if self._service is None:
+        service = getattr(self._local, "service", None)
+        if service is None:
             transport = CachingTransport(
                 self.cache_dir, timeout=self.timeout, operation_timeout=self.timeout
             )
@@ -119,10 +123,11 @@ class ReportClient:
                 client = zeep.Client(self.wsdl, transport=transport)
                 if self.endpoint:
                     binding = next(iter(client.wsdl.bindings))
-                    self._service = client.create_service(binding, self.endpoint)
+                    service = client.create_service(binding, self.endpoint)
                 else:
-                    self._service = client.service
-        return self._service
+                    service = client.service
+            self._local.service = service
+        return service
 
     def load(self) -> None:
         """Load the WSDL now (for `check` and daemon start-up)."""

@@ -4,6 +4,7 @@
     ├── ConfigError        bad or missing configuration            (exit 2)
     ├── LedgerError        ledger missing, corrupt, locked or unwritable
     ├── SpoolError         spool folders missing or unusable; a move that failed
+    ├── Interrupted        the daemon was asked to stop in the middle of a file
     ├── InputError         a whole file cannot be used (carries file, line, field)
     │   └── IncompleteFile the file ends mid-record: still being written, or truncated
     └── ServiceError       the remote service could not be used
@@ -33,6 +34,10 @@ class LedgerError(HzsyncdError):
 
 class SpoolError(HzsyncdError):
     """A spool folder is missing or unusable, or a file could not be moved."""
+
+
+class Interrupted(HzsyncdError):
+    """A stop was requested mid-file; the file stays claimed and resumes at the next start."""
 
 
 class InputError(HzsyncdError):

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hzsyncd import spool as spool_mod
+from hzsyncd.calls import CallPool
 from hzsyncd.client import ReportClient
 from hzsyncd.config import Config
 from hzsyncd.disposal import Disposer
-from hzsyncd.errors import IncompleteFile, InputError
+from hzsyncd.errors import IncompleteFile, InputError, Interrupted
 from hzsyncd.ledger import Ledger
+from hzsyncd.logs import event
 from hzsyncd.reader import check_file, read_records
 from hzsyncd.records import RecordSender
 from hzsyncd.spool import DropFolder
 from hzsyncd.work import FileReport, Work, identity, sha256_of
 
+# A stopping daemon waits this long for calls in flight (systemd allows it 15 s in all).
+STOP_GRACE_SECONDS = 5.0
 # Duplicates cost no call; committing them in batches keeps a re-dropped file cheap.
 COMMIT_EVERY = 2000
 
@@ -40,7 +45,8 @@ class Pipeline:
         self.ledger = ledger
         self.client = client
         self.clock = clock
-        self.records = RecordSender(config, ledger, client, clock)
+        self.pool = CallPool(client, config.service.max_in_flight, config.service.rate_limit)
+        self.records = RecordSender(config, ledger, self.pool, clock)
         self.disposer = Disposer(ledger, clock)
 
     # Claiming ------------------------------------------------------------------------------
@@ -108,10 +114,18 @@ class Pipeline:
 
     # Processing ----------------------------------------------------------------------------
 
-    def process(self, work: Work, *, retry_deferred: bool = False) -> FileReport:
+    def process(
+        self,
+        work: Work,
+        *,
+        retry_deferred: bool = False,
+        tick: Callable[[], bool] | None = None,
+    ) -> FileReport:
         """Send every record of a claimed file that needs sending, then dispose of the file.
 
         `retry_deferred` sends deferred records now even before their backoff ends (`send`).
+        `tick` is called after each record (the daemon feeds its watchdog there); when it
+        returns True the file is left claimed and Interrupted is raised.
         """
         report = work.report
         try:
@@ -137,15 +151,30 @@ class Pipeline:
                     if row is not None:
                         if row["state"] != "final":
                             self.records.retry(work, row, item, force=retry_deferred)
+                            self.records.checkpoint()
                         continue
                 self.records.first_time(work, item)
+                self.records.checkpoint()
                 pending += 1
                 if pending >= COMMIT_EVERY:
                     self.ledger.commit()
                     pending = 0
+                if tick is not None and tick():
+                    self._interrupt()
+            self.records.drain()
+            self.records.checkpoint()
         finally:
             self.ledger.commit()
         return self.disposer.finish(work)
+
+    def _interrupt(self) -> None:
+        """Stop mid-file: wait briefly for the calls in flight, abandon the rest."""
+        if not self.records.drain(timeout=STOP_GRACE_SECONDS):
+            event(logging.WARNING, f"{len(self.pool)} call(s) abandoned; sent again at restart")
+        raise Interrupted("stopped while sending")
+
+    def close(self) -> None:
+        self.pool.close()
 
     def finish(self, work: Work) -> FileReport:
         return self.disposer.finish(work)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import simplejson
 
-from hzsyncd.client import ReportClient
+from hzsyncd.calls import Call, CallPool
 from hzsyncd.config import Config
-from hzsyncd.errors import InputError, IpDenied, TransportFailure
+from hzsyncd.errors import InputError, IpDenied, ServiceError, TransportFailure
 from hzsyncd.ledger import Ledger
 from hzsyncd.logs import event
 from hzsyncd.outcomes import INVALID_CODE, Outcome, Reply
@@ -20,16 +21,37 @@ from hzsyncd.work import Work
 
 
 class RecordSender:
-    """Decides, sends and records single records; TransportFailure and IpDenied propagate
-    after the record is back to `pending` in the ledger."""
+    """Decides, sends and records single records, up to max_in_flight calls at once.
 
-    def __init__(
-        self, config: Config, ledger: Ledger, client: ReportClient, clock: Callable[[], float]
-    ):
+    Replies are recorded on the caller's thread, the only one that writes the ledger. After a
+    transport failure or an IP refusal no new call starts; `checkpoint()` waits for the calls
+    in flight and raises it, with every record that did not go through back to `pending`.
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, pool: CallPool, clock: Callable[[], float]):
         self.config = config
         self.ledger = ledger
-        self.client = client
+        self.pool = pool
         self.clock = clock
+        self.failure: ServiceError | None = None
+
+    def checkpoint(self) -> None:
+        """Raise the first service failure met, once every call in flight has come back."""
+        if self.failure is not None:
+            self.drain()
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Record every call in flight; False when `timeout` ran out first (calls abandoned)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.pool):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            finished = self.pool.completed(left)
+            if not finished:
+                return False
+            self._collect(finished)
+        return True
 
     def first_time(self, work: Work, item: Record | BadRecord) -> None:
         table = self.config.tables[work.folder.table.name]
@@ -93,6 +115,10 @@ class RecordSender:
     ) -> None:
         table_name = work.folder.table.name
         op = work.folder.op.value
+        earlier = self.pool.in_flight((table_name, key))
+        if earlier is not None:
+            # The outcome of the key's version in flight decides what this version needs.
+            self._collect(self.pool.completed(None, only=earlier))
         decision = self.ledger.decide(table_name, key, op, item.digest, record_id)
         if decision.action == "duplicate":
             self.ledger.update_record(record_id, state="final", outcome=Outcome.DUPLICATE.value)
@@ -124,19 +150,32 @@ class RecordSender:
     def _send(
         self, work: Work, record_id: int, key: str, item: Record, row: dict[str, Any] | None
     ) -> None:
+        if self.failure is not None:
+            return  # the record stays pending; checkpoint() raises the failure
         table = work.folder.table
-        op = work.folder.op
         self.ledger.mark_sending(record_id)
         self.ledger.commit()
-        area_code = self.config.area_codes[table.name]
-        try:
-            reply, elapsed = self.client.call(table.method(op), item.payload, area_code)
-        except TransportFailure as exc:
-            self.ledger.update_record(record_id, state="pending")
-            self.ledger.add_attempt(record_id, Outcome.TRANSPORT.value, None, str(exc), 0.0)
-            self.ledger.commit()
-            raise
-        self._record_reply(work, record_id, key, item, reply, elapsed, row)
+        self.pool.submit(
+            (table.name, key),
+            table.method(work.folder.op),
+            item.payload,
+            self.config.area_codes[table.name],
+            (work, record_id, key, item, row),
+        )
+        self._collect(self.pool.completed(None if self.pool.full else 0.0))
+
+    def _collect(self, calls: list[Call]) -> None:
+        for call in calls:
+            work, record_id, key, item, row = call.context
+            try:
+                reply, elapsed = call.future.result()
+            except TransportFailure as exc:
+                self.ledger.update_record(record_id, state="pending")
+                self.ledger.add_attempt(record_id, Outcome.TRANSPORT.value, None, str(exc), 0.0)
+                self.ledger.commit()
+                self.failure = self.failure or exc
+                continue
+            self._record_reply(work, record_id, key, item, reply, elapsed, row)
 
     def _record_reply(
         self,
@@ -168,8 +207,7 @@ class RecordSender:
             )
         elif reply.outcome is Outcome.IP_DENIED:
             self.ledger.update_record(record_id, state="pending", **common)
-            self.ledger.commit()
-            raise IpDenied(reply.raw or "IP not allowed")
+            self.failure = self.failure or IpDenied(reply.raw or "IP not allowed")
         elif (
             reply.outcome is Outcome.RELATION
             and reply.retryable

@@ -57,7 +57,11 @@ def open_session(config: Config) -> Iterator[Session]:
     ledger = open_ledger(config, spool)
     try:
         client = make_client(config)
-        yield Session(config, spool, ledger, client, Pipeline(config, ledger, client))
+        pipeline = Pipeline(config, ledger, client)
+        try:
+            yield Session(config, spool, ledger, client, pipeline)
+        finally:
+            pipeline.close()
     finally:
         ledger.close()
 

@@ -1,0 +1,104 @@
+"""Calls in flight: worker threads that run SOAP calls, with per-key order and a rate limit.
+
+Only the workers touch the network; everything else (ledger, files) stays on the caller's
+thread. Workers are daemon threads so that a stopping daemon can abandon a call stuck in a
+timeout: its record is still `sending` in the ledger and is sent again after a restart.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from hzsyncd.client import ReportClient
+from hzsyncd.outcomes import Reply
+
+
+@dataclass
+class Call:
+    key: Hashable
+    method: str
+    payload: str
+    area_code: str
+    context: Any
+    future: Future[tuple[Reply, float]] = field(default_factory=Future)
+
+
+class CallPool:
+    """At most `size` calls at once; a key's next call waits until its last one is collected."""
+
+    def __init__(
+        self,
+        client: ReportClient,
+        size: int,
+        rate_limit: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.client = client
+        self.size = size
+        self.interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
+        self.clock = clock
+        self._next_slot = 0.0
+        self._jobs: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._in_flight: dict[Hashable, Call] = {}
+        self._workers = [
+            threading.Thread(target=self._work, name=f"hzsyncd-call-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def _work(self) -> None:
+        while (call := self._jobs.get()) is not None:
+            if not call.future.set_running_or_notify_cancel():
+                continue
+            try:
+                call.future.set_result(self.client.call(call.method, call.payload, call.area_code))
+            except BaseException as exc:  # handed to the collecting thread, which decides
+                call.future.set_exception(exc)
+
+    def __len__(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def full(self) -> bool:
+        return len(self._in_flight) >= self.size
+
+    def in_flight(self, key: Hashable) -> Call | None:
+        return self._in_flight.get(key)
+
+    def submit(
+        self, key: Hashable, method: str, payload: str, area_code: str, context: Any
+    ) -> Call:
+        if key in self._in_flight:
+            raise RuntimeError(f"a call for {key!r} is still in flight")
+        if self.interval:
+            now = self.clock()
+            if self._next_slot > now:
+                time.sleep(self._next_slot - now)
+            self._next_slot = max(now, self._next_slot) + self.interval
+        call = Call(key, method, payload, area_code, context)
+        self._in_flight[key] = call
+        self._jobs.put(call)
+        return call
+
+    def completed(self, timeout: float | None = 0.0, *, only: Call | None = None) -> list[Call]:
+        """Collect finished calls (waiting up to `timeout` for at least one; None: forever)."""
+        watched = [only] if only is not None else list(self._in_flight.values())
+        if not watched:
+            return []
+        done, _ = wait([c.future for c in watched], timeout=timeout, return_when=FIRST_COMPLETED)
+        finished = [c for c in watched if c.future in done]
+        for call in finished:
+            del self._in_flight[call.key]
+        return finished
+
+    def close(self) -> None:
+        """Let the workers end once their current call returns; do not wait for them."""
+        for _ in self._workers:
+            self._jobs.put(None)
