@@ -22,10 +22,12 @@ from hzsyncd.errors import (
     SpoolError,
     TransportFailure,
 )
+from hzsyncd.lock import Busy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES: tuple[tuple[type[HzsyncdError], int], ...] = (
+    (Busy, 2),
     (IpDenied, 4),
     (TransportFailure, 3),
     (ConfigError, 2),
@@ -78,6 +80,19 @@ def main() -> None:
     Every record is one SOAP call, sent exactly once; a SQLite ledger remembers what was sent,
     and each file ends in done/ or failed/ (with a report of what to fix).
     """
+
+
+@main.command()
+@config_option
+@expected_errors
+def run(config_path: Path | None) -> None:
+    """Run the daemon in the foreground (systemd Type=notify): watch the drop folders and
+    report every file dropped in them. SIGHUP reloads the config; SIGTERM stops cleanly."""
+    from hzsyncd.daemon import Daemon
+
+    source = find_config(config_path)
+    config = load(config_path)
+    sys.exit(Daemon(config, source).run())
 
 
 @main.command()

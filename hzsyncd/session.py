@@ -12,6 +12,7 @@ from hzsyncd.client import ReportClient
 from hzsyncd.config import Config
 from hzsyncd.errors import LedgerError
 from hzsyncd.ledger import Ledger
+from hzsyncd.lock import owner_lock
 from hzsyncd.logs import event
 from hzsyncd.pipeline import Pipeline
 from hzsyncd.spool import DropFolder, Spool
@@ -54,6 +55,11 @@ def make_client(config: Config) -> ReportClient:
 @contextmanager
 def open_session(config: Config) -> Iterator[Session]:
     spool = Spool(config.spool.root, config.tables)
+    with owner_lock(config.spool.root, config.ledger.path):
+        yield from _opened(config, spool)
+
+
+def _opened(config: Config, spool: Spool) -> Iterator[Session]:
     ledger = open_ledger(config, spool)
     try:
         client = make_client(config)
