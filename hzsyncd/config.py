@@ -381,7 +381,9 @@ def _account(
     elif environ.get("CREDENTIALS_DIRECTORY"):
         # systemd LoadCredential= puts it here; no such file means no credential was configured.
         path = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL
-        if os.path.lexists(path):
+        # An empty one is "not set yet": tmpfiles.d creates it empty so that the unit can start
+        # before the admin has a password, which only the IP commands need.
+        if os.path.lexists(path) and (not path.is_file() or path.stat().st_size > 0):
             source = f"credential {CREDENTIAL}"
             return AccountConfig(user_id, _read(path, source, problems), source, path)
     return AccountConfig(user_id, None, "none")

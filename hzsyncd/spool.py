@@ -123,7 +123,7 @@ class Spool:
             try:
                 if group is not None:
                     shutil.chown(path, group=group)
-                os.chmod(path, mode)  # after chown, which may clear the setgid bit
+                _chmod(path, mode)  # after chown, which may clear the setgid bit
             except OSError as exc:
                 raise SpoolError(f"cannot set owner or mode of {path}: {exc.strerror}") from exc
         return created
@@ -361,3 +361,14 @@ def _make_dir(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         fsync_dir(path.parent)  # the new folder's entry must survive a crash with the file
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        # systemd's RestrictSUIDSGID= forbids setting setgid; a folder made inside a setgid
+        # folder (the spool root, from tmpfiles.d) has inherited the bit already.
+        if not mode & stat.S_ISGID:
+            raise
+        os.chmod(path, mode & ~stat.S_ISGID)

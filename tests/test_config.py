@@ -545,6 +545,14 @@ def test_password_and_password_file_together_are_an_error() -> None:
     ]
 
 
+def test_empty_systemd_credential_means_no_password_yet(tmp_path: Path) -> None:
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    (folder / "hzsyncd-password").write_text("")
+    config = parse_config("", None, {"CREDENTIALS_DIRECTORY": str(folder)})
+    assert (config.account.password, config.account.password_source) == (None, "none")
+
+
 def test_unreadable_or_empty_password_file_is_an_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "absent"
     assert problems(f'[account]\npassword_file = "{missing}"') == [
