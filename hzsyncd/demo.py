@@ -1,26 +1,56 @@
-"""`hzsyncd demo`: the emulator, a temporary spool and the examples, end to end, then a summary."""
+"""`hzsyncd demo`: the emulator, the daemon and the examples, end to end, then a summary."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hzsyncd import logs
-from hzsyncd.config import load_config
 from hzsyncd.emulator import Emulator
 from hzsyncd.errors import HzsyncdError
-from hzsyncd.report import columns
-from hzsyncd.send import SendResult, send_files
-from hzsyncd.session import make_client, open_session
+from hzsyncd.ledger import Ledger
 from hzsyncd.spool import Spool, name_kind
 from hzsyncd.tables import DATA_METHODS, TABLES
+
+# Short timings, so that every behaviour shows within seconds: the relation error that never
+# clears is rejected after relation_retry_hours (0.002 h = 7 s) instead of a day.
+DEMO_CONFIG = """\
+[service]
+wsdl = "{wsdl}"
+[account]
+user_id = "demo"
+password = "demo"
+[spool]
+root = "spool"
+settle_seconds = 0.2
+rescan_seconds = 2
+[ledger]
+path = "ledger.db"
+[retry]
+backoff_initial = 0.5
+backoff_max = 2
+relation_retry_hours = 0.002
+ip_retry_seconds = 1
+[log]
+target = "stderr"
+level = "{level}"
+"""
+WAIT_SECONDS = 90
+
+
+class DemoFailed(HzsyncdError):
+    """The demo did not reach its end."""
 
 
 def examples_dir() -> Path:
@@ -29,44 +59,136 @@ def examples_dir() -> Path:
     for candidate in (here.parent / "examples", here / "examples"):
         if candidate.is_dir():
             return candidate
-    raise HzsyncdError("the examples folder was not found beside or inside the hzsyncd package")
+    raise DemoFailed("the examples folder was not found beside or inside the hzsyncd package")
 
 
-def drop_examples(source: Path, spool: Spool) -> list[Path]:
-    """Copy the examples into the spool, report files before delete files, in a fixed order."""
-    dropped = []
+def drop_examples(source: Path, root: Path) -> list[Path]:
+    """Copy the examples into the spool, report files before delete files, in a fixed order.
+
+    Each is written under a temporary name and renamed, as exporters should do.
+    """
     files = sorted(
         (p for p in source.rglob("*") if p.is_file() and name_kind(p.name) == "accept"),
         key=lambda p: (p.parent.name == "delete", str(p.relative_to(source))),
     )
-    stamp = 1_700_000_000_000_000_000
+    stamp = time.time_ns() - 10**12
+    dropped = []
     for number, path in enumerate(files):
-        target = spool.root / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        target = root / path.relative_to(source)
+        temporary = target.with_name(target.name + ".tmp")
+        shutil.copyfile(path, temporary)
         # Distinct mtimes keep the order the examples were written for (report, then delete).
-        os.utime(target, ns=(stamp + number * 1_000_000, stamp + number * 1_000_000))
+        os.utime(temporary, ns=(stamp + number * 10**6, stamp + number * 10**6))
+        temporary.rename(target)
         dropped.append(target)
     return dropped
 
 
-def summarize(result: SendResult) -> dict[str, dict[str, Any]]:
-    summary: dict[str, dict[str, Any]] = {
-        name: {"files": 0, "ok": 0, "duplicate": 0, "rejected": 0, "deferred": 0, "reasons": []}
-        for name in TABLES
-    }
-    for report in result.reports:
-        row = summary[report.table]
-        row["files"] += 1
-        for name, value in columns(report).items():
-            if name in row:
-                row[name] += value
-        for rejection in report.rejections:
-            row["reasons"].append(
-                f"{report.path.name}:{rejection['line']} key={rejection['key']}: "
-                + "; ".join(rejection["messages"])
+def disposed(path: Path) -> bool:
+    drop = path.parent
+    return not path.exists() and (
+        any((drop / "failed").glob(path.name)) or any((drop / "done").glob(f"*/{path.name}"))
+    )
+
+
+def wait_until(condition: Any, what: str, daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        if daemon.poll() is not None:
+            raise DemoFailed(f"the daemon exited with {daemon.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"timed out after {WAIT_SECONDS} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def start_daemon(workdir: Path, config: Path) -> subprocess.Popen[bytes]:
+    """`hzsyncd run` as systemd would start it: Type=notify, so READY=1 says it is serving."""
+    notify_path = workdir / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(WAIT_SECONDS)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    env.pop("JOURNAL_STREAM", None)
+    daemon = subprocess.Popen([sys.executable, "-m", "hzsyncd", "run", "-c", str(config)], env=env)
+    try:
+        while b"READY=1" not in notify.recv(4096):
+            pass
+    except TimeoutError:
+        daemon.kill()
+        raise DemoFailed("the daemon did not report READY=1") from None
+    finally:
+        notify.close()
+    return daemon
+
+
+def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> int:
+    def say(text: str) -> None:
+        if not as_json:
+            click.echo(f"demo: {text}", err=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="hzsyncd-demo-"))
+    try:
+        with Emulator(port=0, style=style, receipts=workdir / "receipts.ndjson") as emulator:
+            config = workdir / "hzsyncd.toml"
+            level = "warning" if as_json else "info"
+            config.write_text(DEMO_CONFIG.format(wsdl=emulator.wsdl_url, level=level), "utf-8")
+            say(f"emulator ({style}) at {emulator.wsdl_url}; allow-list empty, as on a new account")
+            root = workdir / "spool"
+            Spool(root, TABLES).init()
+            daemon = start_daemon(workdir, config)
+            try:
+                say(f"daemon ready; dropping the examples into {root}")
+                files = drop_examples(examples_dir(), root)
+                wait_until(
+                    lambda: any(
+                        r.get("response") == "当前报送IP地址非法" for r in emulator.receipts()
+                    ),
+                    "the IP refusal",
+                    daemon,
+                )
+                say("the service refuses this host's IP; the daemon pauses. Now: ip add 127.0.0.1")
+                added = subprocess.run(
+                    [sys.executable, "-m", "hzsyncd", "ip", "add", "-c", str(config), "127.0.0.1"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                say(f"hzsyncd ip add 127.0.0.1 → {added.stdout.strip() or added.stderr.strip()}")
+                wait_until(lambda: all(disposed(p) for p in files), "every file disposed", daemon)
+                again = root / "org_info" / "01_enterprises-again.ndjson"
+                say(f"every file is done or failed; dropping {again.name} again (same records)")
+                shutil.copyfile(examples_dir() / "org_info" / "01_enterprises.ndjson", again)
+                wait_until(lambda: disposed(again), "the copy disposed", daemon)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                code = daemon.wait(timeout=15)
+            say(f"daemon stopped (exit {code})")
+            receipts = emulator.receipts()
+        with Ledger.open(workdir / "ledger.db", create=False) as ledger:
+            summary, reasons = ledger.table_summary(), ledger.rejected()
+        accepted = receipts_by_table(receipts)
+        matches = all(summary.get(t, {}).get("ok", 0) == accepted[t] for t in TABLES)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "tables": {t: _row(summary.get(t, {})) for t in TABLES},
+                        "rejected": [_reason(r) for r in reasons],
+                        "receipts_ok": dict(accepted),
+                        "matches_receipts": matches,
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
             )
-    return summary
+        else:
+            print_summary(summary, reasons, accepted, matches)
+        return 0 if matches and code == 0 else 1
+    finally:
+        if keep:
+            click.echo(f"demo: kept {workdir}", err=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def receipts_by_table(receipts: list[dict[str, Any]]) -> Counter[str]:
@@ -77,70 +199,47 @@ def receipts_by_table(receipts: list[dict[str, Any]]) -> Counter[str]:
     return accepted
 
 
-def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="hzsyncd-demo-"))
-    try:
-        with Emulator(port=0, style=style, receipts=workdir / "receipts.ndjson") as emulator:
-            config = load_config(
-                None,
-                overrides={
-                    "service": {"wsdl": emulator.wsdl_url},
-                    "account": {"user_id": "demo", "password": "demo"},
-                    "spool": {"root": str(workdir / "spool"), "settle_seconds": 0},
-                    "ledger": {"path": str(workdir / "ledger.db")},
-                    "log": {"target": "stderr", "level": "warning"},
-                },
-            )
-            logs.setup("stderr", "warning")
-            say = (lambda *_: None) if as_json else click.echo
-            say(f"emulator ({style}) at {emulator.wsdl_url}; spool in {workdir / 'spool'}")
-            spool = Spool(config.spool.root, config.tables)
-            spool.init()
-            files = drop_examples(examples_dir(), spool)
-            say(f"dropped {len(files)} example files into {len(TABLES)} tables")
-            code = make_client(config).add_ip("demo", "demo", "127.0.0.1")
-            say(f"ip add 127.0.0.1 → {code} (registered)")
-            with open_session(config) as session:
-                result = send_files(session, files)
-            summary = summarize(result)
-            accepted = receipts_by_table(emulator.receipts())
-        matches = all(summary[name]["ok"] == accepted[name] for name in TABLES)
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "tables": summary,
-                        "receipts_ok": dict(accepted),
-                        "matches_receipts": matches,
-                        "spool": str(workdir),
-                    },
-                    ensure_ascii=False,
-                    indent=2,
-                )
-            )
-        else:
-            print_summary(summary, accepted, matches)
-        return 0 if matches and result.stopped is None else 1
-    finally:
-        if keep:
-            click.echo(f"kept {workdir}", err=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+def _row(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        "files_done": counts.get("files_done", 0),
+        "files_failed": counts.get("files_failed", 0),
+        "ok": counts.get("ok", 0),
+        "duplicate": counts.get("duplicate", 0),
+        "rejected": counts.get("rejected", 0),
+        "deferred": counts.get("deferred", 0),
+    }
+
+
+def _reason(row: dict[str, Any]) -> str:
+    messages = "; ".join(json.loads(row["messages"] or "[]"))
+    return f"{row['table_name']} {row['file']}:{row['line']} key={row['key']}: {messages}"
 
 
 def print_summary(
-    summary: dict[str, dict[str, Any]], accepted: Counter[str], matches: bool
+    summary: dict[str, dict[str, int]],
+    reasons: list[dict[str, Any]],
+    accepted: Counter[str],
+    matches: bool,
 ) -> None:
-    click.echo("")
-    click.echo(f"{'table':18} {'files':>5} {'ok':>5} {'dup':>5} {'rejected':>8} {'deferred':>8}")
-    for name, row in summary.items():
+    click.echo(
+        f"{'table':18} {'done':>4} {'failed':>6} {'ok':>4} {'dup':>4} "
+        f"{'rejected':>8} {'deferred':>8}"
+    )
+    for name in TABLES:
+        row = _row(summary.get(name, {}))
         click.echo(
-            f"{name:18} {row['files']:>5} {row['ok']:>5} {row['duplicate']:>5} "
-            f"{row['rejected']:>8} {row['deferred']:>8}"
+            f"{name:18} {row['files_done']:>4} {row['files_failed']:>6} {row['ok']:>4} "
+            f"{row['duplicate']:>4} {row['rejected']:>8} {row['deferred']:>8}"
         )
-    for name, row in summary.items():
-        for reason in row["reasons"]:
-            click.echo(f"  {name}: {reason}")
-    total = sum(accepted.values())
+    if reasons:
+        click.echo("rejected, with the server's reasons:")
+        for row in reasons:
+            click.echo(f"  {_reason(row)}")
+    click.echo(
+        "deferred: records that met a relation error (error-NNNN) and were retried; one "
+        "that never cleared was rejected after relation_retry_hours"
+    )
     verdict = "matches" if matches else "DOES NOT match"
-    click.echo(f"emulator receipts: {total} records accepted; the summary {verdict} them")
+    click.echo(
+        f"emulator receipts: {sum(accepted.values())} records accepted; the summary {verdict} them"
+    )

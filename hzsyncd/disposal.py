@@ -78,7 +78,7 @@ class Disposer:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no records"
         event(
             logging.WARNING if disposition == "failed" else logging.INFO,
-            f"{disposition}: {summary} → {dest.parent.name}/{dest.name}",
+            f"{disposition}: {summary} → {dest.relative_to(folder.path)}",
             table=folder.table.name,
             op=folder.op.value,
             file=work.name,

@@ -365,6 +365,35 @@ class Ledger:
     def current(self, table: str, key: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
 
+    def table_summary(self) -> dict[str, dict[str, int]]:
+        """Per table: files, and records by outcome; `deferred` counts records that met a
+        relation error at least once, whatever became of them."""
+        summary: dict[str, dict[str, int]] = {}
+        for table, disposition, count in self._execute(
+            "SELECT table_name, disposition, count(*) FROM files WHERE state = 'final' "
+            "GROUP BY 1, 2"
+        ):
+            summary.setdefault(table, {})[f"files_{disposition}"] = count
+        for table, outcome, count in self._execute(
+            "SELECT table_name, CASE WHEN state = 'final' THEN outcome ELSE state END, count(*) "
+            "FROM records GROUP BY 1, 2"
+        ):
+            summary.setdefault(table, {})[outcome] = count
+        for table, count in self._execute(
+            "SELECT table_name, count(*) FROM records WHERE relation_since IS NOT NULL GROUP BY 1"
+        ):
+            summary.setdefault(table, {})["deferred"] = count
+        return summary
+
+    def rejected(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Rejected records with their file name, oldest first."""
+        return self._all(
+            "SELECT r.table_name, r.key, r.line, r.code, r.messages, f.name AS file "
+            "FROM records r JOIN files f ON f.id = r.file_id "
+            "WHERE r.state = 'final' AND r.outcome = 'rejected' ORDER BY r.id LIMIT ?",
+            [limit],
+        )
+
     def prune(self, older_than_days: float) -> int:
         """Drop attempts older than the limit; the current state is never touched."""
         cutoff = time.time() - older_than_days * 86400

@@ -231,7 +231,7 @@ class RecordSender:
             )
             event(
                 logging.INFO,
-                f"deferred, retry in {delay:.0f} s: {reply.raw}",
+                f"deferred, retry in {delay:g} s: {reply.raw}",
                 table=table_name,
                 op=op,
                 file=work.name,

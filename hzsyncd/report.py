@@ -59,7 +59,11 @@ def print_send_result(result: SendResult, as_json: bool) -> None:
         figures = columns(report)
         shown = ", ".join(f"{figures[c]} {c}" for c in COLUMNS if figures[c]) or "nothing sent"
         where = (
-            f"{report.dest.parent.name}/{report.dest.name}" if report.dest else report.disposition
+            f"{report.dest.parent.parent.name}/{report.dest.parent.name}/{report.dest.name}"
+            if report.dest and report.disposition == "done"
+            else f"failed/{report.dest.name}"
+            if report.dest
+            else report.disposition
         )
         click.echo(
             f"{report.table}/{report.op} {report.path.name}: {report.records} records: "
