@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Invoke, data_calls, drop, ndjson, write_config
 from daemon_helpers import DaemonProcess, NotifySocket, child_env, wait_for
+from journal import running_journald, unavailable
 
 from hzsyncd.emulator import Emulator
 from hzsyncd.tables import TABLES
@@ -47,9 +50,19 @@ def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
 
 
 def start(daemons: list[DaemonProcess], config: Path, tmp_path: Path, **env: str) -> DaemonProcess:
+    """Start `hzsyncd run` and return once it has sent READY=1, as systemd would wait."""
+    own = "NOTIFY_SOCKET" not in env
+    notify = NotifySocket(Path(tempfile.mkdtemp(prefix="hz")) / "n.sock") if own else None
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = str(notify.path)
     daemon = DaemonProcess(config, tmp_path / f"daemon{len(daemons)}.log", env)
     daemons.append(daemon)
-    daemon.wait_log("watching", timeout=20)
+    if notify is not None:
+        try:
+            notify.wait("READY=1", 20)
+        finally:
+            notify.close()
+            shutil.rmtree(notify.path.parent)
     return daemon
 
 
@@ -188,6 +201,43 @@ def test_ip_refused_pauses_without_failing_and_resumes_after_ip_add(
         wait_for(lambda: len(done_files(spool)) == 1, 10, "the file in done/ after ip add")
         daemon.wait_log("allowed again", 5)
         assert keys_sent(emu) == ["E1", "E2"]
+
+
+SECRET = "S3cret-Pw-7f1c9a"
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+def test_journal_holds_rejected_records_with_fields_and_never_the_password(
+    tmp_path: Path, emu: Emulator, spool: Path, daemons: list[DaemonProcess]
+) -> None:
+    config = write_config(
+        tmp_path,
+        emu.wsdl_url,
+        **FAST,
+        account={"user_id": "demo", "password": SECRET},
+        log={"target": "journal", "level": "debug"},
+    )
+    records = [
+        {"org_id": "O1", "org_property": "3"},
+        {"org_id": "O2", "org_property": "7"},
+        {"org_property": "3"},
+    ]
+    with running_journald() as journal:
+        start(daemons, config, tmp_path, HZSYNCD_JOURNAL_SOCKET=journal.socket_path)
+        drop(spool, "service_org_info", "mixed.ndjson", ndjson(records))
+        rejected = journal.read(2, timeout=15, HZSYNCD_OUTCOME="rejected")
+        by_key = {e.get("HZSYNCD_KEY"): e for e in rejected}
+        assert set(by_key) >= {"O2", None}
+        server = by_key["O2"]
+        assert server["HZSYNCD_TABLE"] == "service_org_info"
+        assert server["HZSYNCD_FILE"] == "mixed.ndjson"
+        assert "org_property取值范围应为[1, 2, 3, 5, 9, ]" in server["MESSAGE"]
+        assert "org_id" in by_key[None]["MESSAGE"] and "line 3" in by_key[None]["MESSAGE"]
+        wait_for(lambda: failed_files(spool), 10, "the file in failed/")
+        daemons[-1].stop()
+        everything = journal.read(1)
+        assert everything and all(SECRET not in json.dumps(e) for e in everything)
+    assert SECRET not in daemons[-1].output()
 
 
 def test_second_daemon_on_the_same_spool_exits_2_naming_the_first(
