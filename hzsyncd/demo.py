@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -101,8 +102,12 @@ def wait_until(condition: Any, what: str, daemon: subprocess.Popen[bytes]) -> No
         time.sleep(0.1)
 
 
-def start_daemon(workdir: Path, config: Path) -> subprocess.Popen[bytes]:
-    """`hzsyncd run` as systemd would start it: Type=notify, so READY=1 says it is serving."""
+def start_daemon(workdir: Path, config: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """`hzsyncd run` as systemd would start it: Type=notify, so READY=1 says it is serving.
+
+    The notify socket stays open while the daemon runs, as systemd's does: the daemon keeps
+    sending STATUS= and WATCHDOG=1 to it.
+    """
     notify_path = workdir / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -115,10 +120,20 @@ def start_daemon(workdir: Path, config: Path) -> subprocess.Popen[bytes]:
             pass
     except TimeoutError:
         daemon.kill()
-        raise DemoFailed("the daemon did not report READY=1") from None
-    finally:
         notify.close()
-    return daemon
+        raise DemoFailed("the daemon did not report READY=1") from None
+    # Read on, as systemd does: a full socket queue would block the daemon's next message.
+    threading.Thread(target=_drain, args=(notify,), daemon=True).start()
+    return daemon, notify
+
+
+def _drain(notify: socket.socket) -> None:
+    notify.settimeout(None)
+    try:
+        while notify.recv(4096):
+            pass
+    except OSError:
+        pass  # closed at the end of the demo
 
 
 def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> int:
@@ -135,7 +150,7 @@ def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> i
             say(f"emulator ({style}) at {emulator.wsdl_url}; allow-list empty, as on a new account")
             root = workdir / "spool"
             Spool(root, TABLES).init()
-            daemon = start_daemon(workdir, config)
+            daemon, notify = start_daemon(workdir, config)
             try:
                 say(f"daemon ready; dropping the examples into {root}")
                 files = drop_examples(examples_dir(), root)
@@ -162,6 +177,7 @@ def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> i
             finally:
                 daemon.send_signal(signal.SIGTERM)
                 code = daemon.wait(timeout=15)
+                notify.close()
             say(f"daemon stopped (exit {code})")
             receipts = emulator.receipts()
         with Ledger.open(workdir / "ledger.db", create=False) as ledger:
