@@ -253,6 +253,25 @@ def test_second_daemon_on_the_same_spool_exits_2_naming_the_first(
     )
     assert second.returncode == 2
     assert f"pid {first.proc.pid}" in second.stderr
+    path = drop(tmp_path / "outside", "org_info", "x.ndjson", ndjson([{"org_id": "E1"}]))
+    send = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hzsyncd",
+            "send",
+            "-c",
+            str(config),
+            "--table",
+            "org_info",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=child_env(),
+    )
+    assert send.returncode == 2 and f"pid {first.proc.pid}" in send.stderr
 
 
 def test_sigterm_mid_file_then_restart_delivers_everything_once_more_at_most(
