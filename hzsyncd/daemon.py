@@ -126,7 +126,8 @@ class Daemon:
             if row["state"] != "claimed" or folder is None or not row["work_path"]:
                 continue
             work = self.pipeline.resume(row, folder)
-            self.waiting[work.file_id] = Waiting(work, 0.0)
+            # Deferred records keep the schedule the ledger holds for them across a restart.
+            self.waiting[work.file_id] = Waiting(work, self._file_due(work.file_id))
 
     def _folder(self, drop_dir: Path) -> DropFolder | None:
         return next((f for f in self.spool.drop_folders() if f.path == drop_dir), None)

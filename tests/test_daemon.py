@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,49 @@ def test_notify_socket_sees_ready_status_watchdog_and_stopping(
         notify.wait("STOPPING=1", 2)
     finally:
         notify.close()
+
+
+def test_sighup_reloads_a_good_config_and_keeps_the_old_one_for_a_bad_one(
+    tmp_path: Path, emu: Emulator, config: Path, spool: Path, daemons: list[DaemonProcess]
+) -> None:
+    notify = NotifySocket(Path(tempfile.mkdtemp(prefix="hz")) / "n.sock")
+    try:
+        daemon = start(daemons, config, tmp_path, NOTIFY_SOCKET=str(notify.path))
+        notify.wait("READY=1", 20)
+        good = config.read_text("utf-8")
+        config.write_text(good.replace("[spool]", "[spool]\nsettle_secnds = 1"), "utf-8")
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("reload refused", 10)
+        assert "settle_secnds: unknown key" in daemon.output()
+        drop(spool, "org_info", "a.ndjson", ndjson([{"org_id": "E1"}]))
+        wait_for(lambda: len(done_files(spool)) == 1, 10, "a file sent with the old config")
+
+        config.write_text(good.replace('level = "info"', 'level = "debug"'), "utf-8")
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded", 10)
+        notify.wait("RELOADING=1", 5)
+        drop(spool, "org_info", "b.ndjson", ndjson([{"org_id": "E2"}]))
+        daemon.wait_log("key=E2: accepted", 10)  # debug lines: the new level is in force
+        assert daemon.proc.poll() is None
+    finally:
+        notify.close()
+
+
+def test_symlink_with_a_data_name_is_refused_into_failed(
+    tmp_path: Path, emu: Emulator, config: Path, spool: Path, daemons: list[DaemonProcess]
+) -> None:
+    start(daemons, config, tmp_path)
+    target = tmp_path / "elsewhere.ndjson"
+    target.write_text(ndjson([{"org_id": "E1"}]), "utf-8")
+    (spool / "org_info" / "link.ndjson").symlink_to(target)
+
+    wait_for(
+        lambda: (spool / "org_info" / "failed" / "link.ndjson.errors.ndjson").exists(),
+        10,
+        "the symlink refused into failed/",
+    )
+    assert (spool / "org_info" / "failed" / "link.ndjson").is_symlink()
+    assert data_calls(emu) == [] and target.exists()
 
 
 def test_ip_refused_pauses_without_failing_and_resumes_after_ip_add(
