@@ -60,6 +60,8 @@ class Disposer:
 
     def _dispose(self, work: Work, disposition: str, whole: dict[str, Any] | None) -> FileReport:
         folder = work.folder
+        if not work.report.counts:
+            work.report.counts = self.ledger.count_outcomes(work.file_id)
         self.ledger.update_file(work.file_id, state="moving", disposition=disposition)
         self.ledger.commit(durable=True)
         if disposition == "done":
@@ -73,8 +75,8 @@ class Disposer:
         report = work.report
         report.disposition = disposition
         report.dest = dest
-        report.counts = self.ledger.count_outcomes(work.file_id)
-        report.rejections.extend(self.rejections(work.file_id))
+        if report.counts.get(Outcome.REJECTED.value):
+            report.rejections.extend(self.rejections(work.file_id))
         summary = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no records"
         event(
             logging.WARNING if disposition == "failed" else logging.INFO,

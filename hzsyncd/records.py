@@ -34,6 +34,33 @@ class RecordSender:
         self.pool = pool
         self.clock = clock
         self.failure: ServiceError | None = None
+        # The fast path for duplicates: states of the next batch of keys, read in one go.
+        self._current: dict[str, tuple[str, str]] = {}
+        self._open: set[str] = set()
+        self._touched: set[str] = set()
+        self._keys: dict[int, str] = {}
+        self._duplicates: list[tuple[int, int, int, str, str, str, str, float]] = []
+        self._now = 0.0
+
+    def prefetch(self, work: Work, items: list[Record | BadRecord]) -> None:
+        """Read the ledger's state of a batch of records' keys before deciding them."""
+        table = self.config.tables[work.folder.table.name]
+        keys = {}
+        for item in items:
+            if isinstance(item, Record):
+                try:
+                    keys[item.index] = table.key_of(item.data)
+                except MissingKey:
+                    pass
+        self._keys = keys
+        self._now = time.time()
+        self._current, self._open = self.ledger.known_states(table.name, list(keys.values()))
+        self._touched = set()
+
+    def flush(self) -> None:
+        """Write the duplicates the fast path found (one statement for the batch)."""
+        self.ledger.add_duplicates(self._duplicates)
+        self._duplicates = []
 
     def checkpoint(self) -> None:
         """Raise the first service failure met, once every call in flight has come back."""
@@ -54,6 +81,28 @@ class RecordSender:
         return True
 
     def first_time(self, work: Work, item: Record | BadRecord) -> None:
+        key = self._keys.get(item.index)
+        if key is not None and isinstance(item, Record):
+            op = work.folder.op.value
+            if (
+                key not in self._touched
+                and key not in self._open
+                and self._current.get(key) == (op, item.digest)
+                and self.pool.in_flight((work.folder.table.name, key)) is None
+            ):
+                self._duplicates.append(
+                    (
+                        work.file_id,
+                        item.index,
+                        item.line,
+                        work.folder.table.name,
+                        op,
+                        key,
+                        item.digest,
+                        self._now,
+                    )
+                )
+                return
         table = self.config.tables[work.folder.table.name]
         base = dict(
             file_id=work.file_id,
@@ -70,8 +119,9 @@ class RecordSender:
         except MissingKey as exc:
             self._refuse(work, base, str(exc), exc.field, item.payload)
             return
-        record_id = self.ledger.add_record(**base, key=key, hash=item.digest, state="pending")
-        self._decide_and_send(work, record_id, key, item)
+        # Once a key is sent or decided here, the states read in advance say nothing of it.
+        self._touched.add(key)
+        self._decide_and_send(work, None, key, item, base=base)
 
     def _refuse(
         self, work: Work, base: dict[str, Any], reason: str, field: str | None, text: str
@@ -108,11 +158,14 @@ class RecordSender:
     def _decide_and_send(
         self,
         work: Work,
-        record_id: int,
+        record_id: int | None,
         key: str,
         item: Record,
         row: dict[str, Any] | None = None,
+        base: dict[str, Any] | None = None,
     ) -> None:
+        """Decide and act; a record met for the first time (`record_id` None) gets its ledger
+        row written once, with the decision in it: a re-dropped file costs one insert a record."""
         table_name = work.folder.table.name
         op = work.folder.op.value
         earlier = self.pool.in_flight((table_name, key))
@@ -121,8 +174,16 @@ class RecordSender:
             self._collect(self.pool.completed(None, only=earlier))
         decision = self.ledger.decide(table_name, key, op, item.digest, record_id)
         if decision.action == "duplicate":
-            self.ledger.update_record(record_id, state="final", outcome=Outcome.DUPLICATE.value)
+            if record_id is None:
+                self.ledger.add_duplicate(
+                    work.file_id, item.index, item.line, table_name, op, key, item.digest
+                )
+            else:
+                self.ledger.update_record(record_id, state="final", outcome=Outcome.DUPLICATE.value)
             return
+        if record_id is None:
+            assert base is not None
+            record_id = self.ledger.add_record(**base, key=key, hash=item.digest, state="pending")
         if decision.action == "rejected" and decision.previous is not None:
             prev = decision.previous
             self.ledger.update_record(

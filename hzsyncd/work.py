@@ -39,6 +39,7 @@ class Work:
     name: str
     identity: tuple[int, int, int, int]
     report: FileReport
+    sha256: str = ""
 
 
 def sha256_of(path: Path) -> str:

@@ -34,7 +34,7 @@ def emulator(tmp_path: Path, style: str) -> Iterator[Emulator]:
 def write_config(tmp_path: Path, wsdl: str, **sections: dict[str, Any]) -> Path:
     """A config file for a spool and a ledger under tmp_path, pointing at `wsdl`."""
     values: dict[str, dict[str, Any]] = {
-        "service": {"wsdl": wsdl, "area_code": "320000", "timeout": 5},
+        "service": {"wsdl": wsdl, "area_code": "320000", "timeout": 5, "max_in_flight": 8},
         "account": {"user_id": "demo", "password": "demo"},
         "spool": {"root": str(tmp_path / "spool"), "settle_seconds": 0},
         "ledger": {"path": str(tmp_path / "var" / "ledger.db")},
