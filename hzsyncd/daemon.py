@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,12 +96,22 @@ class Daemon:
         event(logging.INFO, "stopped")
         return 0
 
+    def stop(self) -> None:
+        """Ask the loop to stop, as SIGTERM does (for a daemon run in a thread, in tests)."""
+        self._stop = True
+
+    def request_reload(self) -> None:
+        self._reload = True
+
     def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # run in a thread (tests): the caller stops it with stop()
+
         def stop(signum: int, frame: FrameType | None) -> None:
-            self._stop = True
+            self.stop()
 
         def reload(signum: int, frame: FrameType | None) -> None:
-            self._reload = True
+            self.request_reload()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
