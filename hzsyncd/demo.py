@@ -20,7 +20,7 @@ import click
 
 from hzsyncd.emulator import Emulator
 from hzsyncd.errors import HzsyncdError
-from hzsyncd.ledger import Ledger
+from hzsyncd.ledger import Ledger, Reports
 from hzsyncd.spool import Spool, name_kind
 from hzsyncd.tables import DATA_METHODS, TABLES
 
@@ -181,7 +181,8 @@ def run_demo(style: str = "rpc", keep: bool = False, as_json: bool = False) -> i
             say(f"daemon stopped (exit {code})")
             receipts = emulator.receipts()
         with Ledger.open(workdir / "ledger.db", create=False) as ledger:
-            summary, reasons = ledger.table_summary(), ledger.rejected()
+            reports = Reports(ledger)
+            summary, reasons = reports.table_summary(), reports.rejected()
         accepted = receipts_by_table(receipts)
         matches = all(summary.get(t, {}).get("ok", 0) == accepted[t] for t in TABLES)
         if as_json:

@@ -1,4 +1,4 @@
-"""The SQLite ledger: every file and record, their outcomes, and the rule against sending twice.
+"""The ledger's write side: files and records, their outcomes, and the rule against sending twice.
 
 The only module that imports sqlite_utils or speaks SQL. One Ledger is used by one thread at a
 time; the pipeline decides when to commit, so that a re-dropped file of a million duplicates
@@ -17,98 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from hzsyncd.errors import LedgerError
+from hzsyncd.ledger.schema import SCHEMA_VERSION, migrations
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 10.0
-
-migrations = Migrations("hzsyncd")
-
-
-@migrations()
-def m001_initial(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE files (
-            id INTEGER PRIMARY KEY,
-            sha256 TEXT NOT NULL,
-            name TEXT NOT NULL,          -- the name it was dropped under
-            origin TEXT NOT NULL,        -- where it was dropped: a file not finished goes back here
-            drop_dir TEXT NOT NULL,
-            table_name TEXT NOT NULL,
-            op TEXT NOT NULL,
-            work_path TEXT,
-            dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
-            records INTEGER,
-            state TEXT NOT NULL,         -- claimed | returned | moving | final
-            disposition TEXT,            -- done | failed
-            reason TEXT,
-            dest TEXT,
-            claimed_at REAL NOT NULL,
-            finished_at REAL
-        );
-        CREATE INDEX files_sha256 ON files(sha256);
-        CREATE INDEX files_open ON files(state) WHERE state != 'final';
-
-        CREATE TABLE records (
-            id INTEGER PRIMARY KEY,
-            file_id INTEGER NOT NULL REFERENCES files(id),
-            idx INTEGER NOT NULL,
-            line INTEGER NOT NULL,
-            table_name TEXT NOT NULL,
-            op TEXT NOT NULL,
-            key TEXT,
-            hash TEXT,
-            state TEXT NOT NULL,         -- pending | sending | deferred | final
-            outcome TEXT,
-            code TEXT,
-            messages TEXT,               -- JSON array of the server's (or our) messages
-            response TEXT,               -- the raw reply, verbatim
-            field TEXT,
-            payload TEXT,                -- kept only for records that did not go through
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_at REAL,
-            relation_since REAL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            duration_ms REAL,
-            UNIQUE (file_id, idx)
-        );
-        -- A key's story and its earlier rejections; the hash is left out to keep the index
-        -- small, as every record of a re-dropped file writes to it.
-        CREATE INDEX records_key ON records(table_name, key);
-        CREATE INDEX records_open ON records(table_name, key) WHERE state != 'final';
-
-        -- The duplicate rule's only input; never pruned.
-        CREATE TABLE current (
-            table_name TEXT NOT NULL,
-            key TEXT NOT NULL,
-            op TEXT NOT NULL,
-            hash TEXT NOT NULL,
-            record_id INTEGER NOT NULL,
-            accepted_at REAL NOT NULL,
-            PRIMARY KEY (table_name, key)
-        ) WITHOUT ROWID;
-
-        CREATE TABLE attempts (
-            id INTEGER PRIMARY KEY,
-            record_id INTEGER NOT NULL,
-            at REAL NOT NULL,
-            outcome TEXT NOT NULL,
-            code TEXT,
-            response TEXT,
-            duration_ms REAL
-        );
-        CREATE INDEX attempts_record ON attempts(record_id);
-        CREATE INDEX attempts_at ON attempts(at);
-
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO meta VALUES ('schema_version', '1');
-        """
-    )
-
 
 Action = Literal["send", "duplicate", "rejected", "wait"]
 
@@ -439,50 +352,24 @@ class Ledger:
         ).fetchall()
         return {str(name): int(count) for name, count in rows}
 
-    def history(self, table: str, key: str) -> list[dict[str, Any]]:
-        return self._all(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE table_name = ? AND key = ? ORDER BY id",
-            [table, key],
-        )
-
-    def current(self, table: str, key: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
-
-    def table_summary(self) -> dict[str, dict[str, int]]:
-        """Per table: files, and records by outcome; `deferred` counts records that met a
-        relation error at least once, whatever became of them."""
-        summary: dict[str, dict[str, int]] = {}
-        for table, disposition, count in self._execute(
-            "SELECT table_name, disposition, count(*) FROM files WHERE state = 'final' "
-            "GROUP BY 1, 2"
-        ):
-            summary.setdefault(table, {})[f"files_{disposition}"] = count
-        for table, outcome, count in self._execute(
-            "SELECT table_name, CASE WHEN state = 'final' THEN outcome ELSE state END, count(*) "
-            "FROM records GROUP BY 1, 2"
-        ):
-            summary.setdefault(table, {})[outcome] = count
-        for table, count in self._execute(
-            "SELECT table_name, count(*) FROM records WHERE relation_since IS NOT NULL GROUP BY 1"
-        ):
-            summary.setdefault(table, {})["deferred"] = count
-        return summary
-
-    def rejected(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Rejected records with their file name, oldest first."""
-        return self._all(
-            "SELECT r.table_name, r.key, r.line, r.code, r.messages, f.name AS file "
-            "FROM records r JOIN files f ON f.id = r.file_id "
-            "WHERE r.state = 'final' AND r.outcome = 'rejected' ORDER BY r.id LIMIT ?",
-            [limit],
-        )
-
     def prune(self, older_than_days: float) -> int:
         """Drop attempts older than the limit; the current state is never touched."""
         cutoff = time.time() - older_than_days * 86400
         cursor = self._write("DELETE FROM attempts WHERE at < ?", [cutoff])
         self.commit()
         return cursor.rowcount
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
+        self.commit()
 
     def integrity(self) -> str:
         row = self._execute("PRAGMA integrity_check").fetchone()
@@ -501,3 +388,8 @@ class Ledger:
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return list(self.query(sql, params))
+
+    # For the read-only views in reports.py, which share this connection.
+    execute = _execute
+    one = _one
+    all = _all

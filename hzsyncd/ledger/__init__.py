@@ -1,0 +1,7 @@
+"""The SQLite ledger: the only place that imports sqlite_utils or speaks SQL."""
+
+from hzsyncd.ledger.reports import Reports
+from hzsyncd.ledger.schema import SCHEMA_VERSION
+from hzsyncd.ledger.store import Decision, Ledger
+
+__all__ = ["SCHEMA_VERSION", "Decision", "Ledger", "Reports"]
