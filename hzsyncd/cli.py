@@ -165,6 +165,91 @@ def init(config_path: Path | None, new_ledger: bool) -> None:
     click.echo(f"ledger {config.ledger.path} {'ok' if existed else 'created'}")
 
 
+@main.command()
+@config_option
+@json_option
+@expected_errors
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Per table: files waiting, records pending, sent, duplicate, rejected, deferred; whether
+    the daemon runs, and its state (paused and why)."""
+    from hzsyncd.ledger import Ledger
+    from hzsyncd.status import print_status
+
+    config = load(config_path)
+    with Ledger.open(config.ledger.path, create=False) as ledger:
+        print_status(config, ledger, as_json)
+
+
+@main.command()
+@config_option
+@click.option("--limit", default=200, show_default=True, help="At most this many of each kind.")
+@json_option
+@expected_errors
+def failures(config_path: Path | None, limit: int, as_json: bool) -> None:
+    """What failed and why: rejected records with the server's messages, files refused whole."""
+    from hzsyncd.ledger import Ledger
+    from hzsyncd.status import print_failures
+
+    config = load(config_path)
+    with Ledger.open(config.ledger.path, create=False) as ledger:
+        print_failures(ledger, limit, as_json)
+
+
+@main.command()
+@config_option
+@click.argument("table")
+@click.argument("key")
+@json_option
+@expected_errors
+def history(config_path: Path | None, table: str, key: str, as_json: bool) -> None:
+    """One record's story: every version of TABLE KEY, its files, calls and answers.
+
+    A composite key is written with `|`: hzsyncd history org_in_flat 'F1|O1'."""
+    from hzsyncd.ledger import Ledger
+    from hzsyncd.status import print_history
+
+    config = load(config_path)
+    if table not in config.tables:
+        raise ConfigError(f"{table}: unknown table; known: {', '.join(config.tables)}")
+    with Ledger.open(config.ledger.path, create=False) as ledger:
+        print_history(ledger, table, key, as_json)
+
+
+@main.command()
+@config_option
+@click.option("--table", help="Only this table.")
+@click.option("--key", help="Only this key (with --table).")
+@expected_errors
+def retry(config_path: Path | None, table: str | None, key: str | None) -> None:
+    """Send again the records the server rejected (e.g. after its rules were fixed).
+
+    Takes the spool like the daemon does: stop the daemon first. Records refused locally (not
+    JSON, no key) are not retried; fix them and drop them again."""
+    from hzsyncd.retry import retry_rejected
+    from hzsyncd.session import open_session
+
+    config = load(config_path)
+    with open_session(config) as session:
+        retried = retry_rejected(session, table, key)
+    for item in retried:
+        click.echo(f"{item.table} key={item.key} ({item.file}): {item.verdict}")
+    click.echo(f"{len(retried)} record(s) retried")
+    sys.exit(1 if any(not r.verdict.startswith("accepted") for r in retried) else 0)
+
+
+@main.command()
+@config_option
+@expected_errors
+def check(config_path: Path | None) -> None:
+    """Check config, folders, ledger, WSDL reachable and this host's IP allowed.
+
+    Exit 0 when all is well, else the code of the first problem (2, 3 or 4)."""
+    from hzsyncd.check import print_checks, run_checks
+
+    config = load(config_path)
+    sys.exit(print_checks(run_checks(config)))
+
+
 @main.group()
 def ip() -> None:
     """The IP allow-list of the account in [account] (addIP, delIP, getIP)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -80,6 +82,7 @@ class Daemon:
                 self.watcher = self._watcher(self.config)
                 self.watcher.start()
                 try:
+                    self._record_state()
                     self.notifier.ready(self._set_status())
                     event(
                         logging.INFO,
@@ -89,6 +92,7 @@ class Daemon:
                     self._loop()
                 finally:
                     self.notifier.stopping()
+                    self._record_state("stopped")
                     self.watcher.stop()
                     self.pipeline.close()
             finally:
@@ -235,7 +239,9 @@ class Daemon:
                 "Fix: hzsyncd ip add <this host's address>",
                 outcome="ip_denied",
             )
-        self.pause = "ip"
+        if self.pause != "ip":
+            self.pause = "ip"
+            self._record_state(error=message)
         self.paused_until = self.clock() + seconds
         self.notifier.status(self._set_status())
 
@@ -249,11 +255,15 @@ class Daemon:
             f"(attempt {self.failures}); nothing is marked failed",
             outcome="transport",
         )
-        self.pause = "transport"
+        if self.pause != "transport":
+            self.pause = "transport"
+            self._record_state(error=message)
         self.paused_until = self.clock() + delay
         self.notifier.status(self._set_status())
 
     def _resumed(self) -> None:
+        if self.pause is None:
+            return
         if self.pause == "ip":
             event(logging.WARNING, "this host's IP is allowed again: sending resumed")
         elif self.pause == "transport":
@@ -263,6 +273,15 @@ class Daemon:
             )
         self.pause = None
         self.failures = 0
+        self._record_state()
+
+    def _record_state(self, status: str | None = None, error: str | None = None) -> None:
+        """What `hzsyncd status` shows of the daemon: kept in the ledger, written on changes."""
+        state = json.loads(self.ledger.get_meta("daemon_state") or "{}")
+        state.update(pid=os.getpid(), status=status or self._set_status(), updated_at=self.clock())
+        if error:
+            state.update(last_error=error, error_at=self.clock())
+        self.ledger.set_meta("daemon_state", json.dumps(state, ensure_ascii=False))
 
     def _set_status(self, doing: str | None = None) -> str:
         if self.pause == "ip":

@@ -223,7 +223,7 @@ def _row(counts: dict[str, int]) -> dict[str, int]:
         "ok": counts.get("ok", 0),
         "duplicate": counts.get("duplicate", 0),
         "rejected": counts.get("rejected", 0),
-        "deferred": counts.get("deferred", 0),
+        "deferred": counts.get("ever_deferred", 0),
     }
 
 

@@ -9,13 +9,26 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Invoke, drop, ndjson, write_config
+from conftest import Invoke, data_calls, drop, ndjson, write_config
 from daemon_helpers import child_env, wait_for
 
 from hzsyncd.cli import main
 from hzsyncd.emulator import Emulator
 
-COMMANDS = ["run", "send", "validate", "init", "ip", "emulate", "demo"]
+COMMANDS = [
+    "run",
+    "send",
+    "validate",
+    "status",
+    "failures",
+    "history",
+    "retry",
+    "ip",
+    "check",
+    "init",
+    "emulate",
+    "demo",
+]
 
 
 def test_every_command_has_help_and_is_in_the_readme(hzsyncd: Invoke) -> None:
@@ -121,3 +134,53 @@ def test_emulate_serves_its_wsdl_until_terminated(tmp_path: Path, style: str) ->
         assert reply.status_code == 200 and "reportFlatInfo" in reply.text
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_failures_history_status_and_retry_tell_one_rejection_story(
+    hzsyncd: Invoke, tmp_path: Path, spool: Path
+) -> None:
+    with Emulator(port=0, allow=["127.0.0.1"]) as emu:
+        config = write_config(tmp_path, emu.wsdl_url, retry={"relation_retry_hours": 0})
+        resident = {"flat_id": "F7", "org_id": "O7"}
+        path = drop(spool, "org_in_flat", "r.ndjson", ndjson([resident]))
+        assert hzsyncd("send", "-c", config, path).exit_code == 1  # deferred
+        assert hzsyncd("send", "-c", config, path).exit_code == 1  # retry hours over: rejected
+
+        failed = hzsyncd("failures", "-c", config)
+        assert "org_in_flat r.ndjson:1 key=F7|O7 [2001]: error-2001：" in failed.stdout
+        story = hzsyncd("history", "-c", config, "org_in_flat", "F7|O7")
+        assert "nothing accepted" in story.stdout and story.stdout.count("error-2001") >= 2
+        status = json.loads(hzsyncd("status", "-c", config, "--json").stdout)
+        assert status["tables"]["org_in_flat"]["rejected"] == 1
+        assert status["daemon"]["running"] is None
+
+        parents = [
+            drop(spool, "flat_info", "f.ndjson", ndjson([{"flat_id": "F7"}])),
+            drop(spool, "service_org_info", "o.ndjson", ndjson([{"org_id": "O7"}])),
+        ]
+        assert hzsyncd("send", "-c", config, *parents).exit_code == 0
+        retried = hzsyncd("retry", "-c", config, "--table", "org_in_flat")
+
+        assert retried.exit_code == 0, retried.output
+        assert "key=F7|O7 (r.ndjson): accepted" in retried.stdout
+        assert (
+            "last accepted: report"
+            in hzsyncd("history", "-c", config, "org_in_flat", "F7|O7").stdout
+        )
+        assert data_calls(emu)[-1]["response"] == ""
+        assert hzsyncd("retry", "-c", config).stdout.strip().endswith("0 record(s) retried")
+
+
+def test_check_passes_when_all_is_well_and_exits_4_when_the_ip_is_not_allowed(
+    hzsyncd: Invoke, tmp_path: Path
+) -> None:
+    with Emulator(port=0, allow=["127.0.0.1"]) as emu:
+        config = write_config(tmp_path, emu.wsdl_url)
+        assert hzsyncd("check", "-c", config).exit_code == 2  # folders and ledger missing
+        hzsyncd("init", "-c", config)
+        good = hzsyncd("check", "-c", config)
+        assert good.exit_code == 0, good.stdout
+        assert "127.0.0.1 is on the allow-list" in good.stdout
+        hzsyncd("ip", "del", "-c", config, "127.0.0.1")
+        refused = hzsyncd("check", "-c", config)
+        assert refused.exit_code == 4 and "not on the allow-list" in refused.stdout

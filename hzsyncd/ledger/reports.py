@@ -17,8 +17,8 @@ class Reports:
         self._one = ledger.one
 
     def table_summary(self) -> dict[str, dict[str, int]]:
-        """Per table: files, and records by outcome; `deferred` counts records that met a
-        relation error at least once, whatever became of them."""
+        """Per table: files by disposition, records by outcome (or state, if not final), and
+        `ever_deferred`: records that met a relation error at least once."""
         summary: dict[str, dict[str, int]] = {}
         for table, disposition, count in self._execute(
             "SELECT table_name, disposition, count(*) FROM files WHERE state = 'final' "
@@ -33,7 +33,7 @@ class Reports:
         for table, count in self._execute(
             "SELECT table_name, count(*) FROM records WHERE relation_since IS NOT NULL GROUP BY 1"
         ):
-            summary.setdefault(table, {})["deferred"] = count
+            summary.setdefault(table, {})["ever_deferred"] = count
         return summary
 
     def rejected(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -63,7 +63,7 @@ class Reports:
         return rows
 
     def current(self, table: str, key: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
+        return self.ledger.current(table, key)
 
     def failed_files(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Files failed whole (unreadable, empty, truncated, changed), newest last."""

@@ -359,6 +359,23 @@ class Ledger:
         self.commit()
         return cursor.rowcount
 
+    def current(self, table: str, key: str) -> dict[str, Any] | None:
+        """The key's last accepted operation and hash: the duplicate rule's only input."""
+        return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
+
+    def retryable_rejections(
+        self, table: str | None, key: str | None, local_code: str
+    ) -> list[dict[str, Any]]:
+        """Records the server rejected (not those refused locally), oldest first."""
+        return self._all(
+            "SELECT r.id, r.table_name, r.key, r.op, r.hash, r.payload, f.name AS file "
+            "FROM records r JOIN files f ON f.id = r.file_id "
+            "WHERE r.state = 'final' AND r.outcome = 'rejected' AND r.payload IS NOT NULL "
+            "AND coalesce(r.code, '') != ? AND (? IS NULL OR r.table_name = ?) "
+            "AND (? IS NULL OR r.key = ?) ORDER BY r.id",
+            [local_code, table, table, key, key],
+        )
+
     def get_meta(self, key: str) -> str | None:
         row = self._execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return None if row is None else str(row[0])
