@@ -11,8 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hzsyncd.client import ReportClient
@@ -26,11 +25,22 @@ class Call:
     payload: str
     area_code: str
     context: Any
-    future: Future[tuple[Reply, float]] = field(default_factory=Future)
+    reply: tuple[Reply, float] | None = None
+    error: BaseException | None = None
+
+    def result(self) -> tuple[Reply, float]:
+        """The reply and the call's duration in ms; raises what the call raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
 
 
 class CallPool:
-    """At most `size` calls at once; a key's next call waits until its last one is collected."""
+    """At most `size` calls at once; a key's next call waits until its last one is collected.
+
+    Finished calls come back through one queue, so collecting costs one hand-over per call.
+    """
 
     def __init__(
         self,
@@ -45,6 +55,7 @@ class CallPool:
         self.clock = clock
         self._next_slot = 0.0
         self._jobs: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Call] = queue.SimpleQueue()
         self._in_flight: dict[Hashable, Call] = {}
         self._workers = [
             threading.Thread(target=self._work, name=f"hzsyncd-call-{n}", daemon=True)
@@ -55,12 +66,11 @@ class CallPool:
 
     def _work(self) -> None:
         while (call := self._jobs.get()) is not None:
-            if not call.future.set_running_or_notify_cancel():
-                continue
             try:
-                call.future.set_result(self.client.call(call.method, call.payload, call.area_code))
+                call.reply = self.client.call(call.method, call.payload, call.area_code)
             except BaseException as exc:  # handed to the collecting thread, which decides
-                call.future.set_exception(exc)
+                call.error = exc
+            self._done.put(call)
 
     def __len__(self) -> int:
         return len(self._in_flight)
@@ -88,14 +98,29 @@ class CallPool:
         return call
 
     def completed(self, timeout: float | None = 0.0, *, only: Call | None = None) -> list[Call]:
-        """Collect finished calls (waiting up to `timeout` for at least one; None: forever)."""
-        watched = [only] if only is not None else list(self._in_flight.values())
-        if not watched:
+        """Collect finished calls, waiting up to `timeout` (None: for ever) for the first one,
+        or, with `only`, until that call is back. Returns [] when the time ran out."""
+        if not self._in_flight:
             return []
-        done, _ = wait([c.future for c in watched], timeout=timeout, return_when=FIRST_COMPLETED)
-        finished = [c for c in watched if c.future in done]
-        for call in finished:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished: list[Call] = []
+        while only is None or only not in finished:
+            if finished and only is None:
+                wait: float | None = 0.0
+            elif deadline is None:
+                wait = None
+            else:
+                wait = max(0.0, deadline - time.monotonic())
+            try:
+                call = (
+                    self._done.get(block=wait != 0.0, timeout=wait)
+                    if wait != 0.0
+                    else (self._done.get_nowait())
+                )
+            except queue.Empty:
+                break
             del self._in_flight[call.key]
+            finished.append(call)
         return finished
 
     def close(self) -> None:

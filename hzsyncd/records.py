@@ -183,7 +183,18 @@ class RecordSender:
             return
         if record_id is None:
             assert base is not None
-            record_id = self.ledger.add_record(**base, key=key, hash=item.digest, state="pending")
+            # Written as `sending` at once when it is about to be sent: one statement less.
+            sending = decision.action == "send" and self.failure is None
+            record_id = self.ledger.add_record(
+                **base,
+                key=key,
+                hash=item.digest,
+                state="sending" if sending else "pending",
+                attempts=1 if sending else 0,
+            )
+            if sending:
+                self._submit(work, record_id, key, item, row)
+                return
         if decision.action == "rejected" and decision.previous is not None:
             prev = decision.previous
             self.ledger.update_record(
@@ -213,9 +224,16 @@ class RecordSender:
     ) -> None:
         if self.failure is not None:
             return  # the record stays pending; checkpoint() raises the failure
-        table = work.folder.table
         self.ledger.mark_sending(record_id)
+        self._submit(work, record_id, key, item, row)
+
+    def _submit(
+        self, work: Work, record_id: int, key: str, item: Record, row: dict[str, Any] | None
+    ) -> None:
+        # The sending mark is committed before the call (DESIGN §4); the same commit carries
+        # the outcomes recorded since the last one, so a record costs one commit, not two.
         self.ledger.commit()
+        table = work.folder.table
         self.pool.submit(
             (table.name, key),
             table.method(work.folder.op),
@@ -229,7 +247,7 @@ class RecordSender:
         for call in calls:
             work, record_id, key, item, row = call.context
             try:
-                reply, elapsed = call.future.result()
+                reply, elapsed = call.result()
             except TransportFailure as exc:
                 self.ledger.update_record(record_id, state="pending")
                 self.ledger.add_attempt(record_id, Outcome.TRANSPORT.value, None, str(exc), 0.0)
@@ -250,7 +268,10 @@ class RecordSender:
     ) -> None:
         table_name = work.folder.table.name
         op = work.folder.op.value
-        self.ledger.add_attempt(record_id, reply.outcome.value, reply.code, reply.raw, elapsed)
+        if reply.outcome is not Outcome.OK or (row is not None and row["attempts"]):
+            # A first call that succeeds is told whole by the record's own row; attempts keep
+            # the story of records that needed more than one.
+            self.ledger.add_attempt(record_id, reply.outcome.value, reply.code, reply.raw, elapsed)
         common = dict(code=reply.code, messages=list(reply.messages), response=reply.raw)
         if reply.outcome is Outcome.OK:
             self.ledger.update_record(
@@ -310,7 +331,8 @@ class RecordSender:
                 **common,
             )
             self._log_rejection(work, key, item.line, reply.code, reply.messages)
-        self.ledger.commit()
+        # Not committed here: the next sending mark or the end of the file commits it. Until
+        # then the record reads `sending`, and a crash sends it again (idempotent, DESIGN §4).
 
     def _relation_expired(self, row: dict[str, Any] | None) -> bool:
         if row is None or not row["relation_since"]:

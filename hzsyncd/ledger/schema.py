@@ -85,7 +85,6 @@ def m001_initial(db: Database) -> None:
             duration_ms REAL
         );
         CREATE INDEX attempts_record ON attempts(record_id);
-        CREATE INDEX attempts_at ON attempts(at);
 
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         INSERT INTO meta VALUES ('schema_version', '1');

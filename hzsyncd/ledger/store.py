@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from hzsyncd.errors import LedgerError
+from hzsyncd.ledger.checkpoint import Checkpointer
 from hzsyncd.ledger.schema import SCHEMA_VERSION, migrations
 
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -48,6 +49,7 @@ class Ledger:
         self._conn = conn
         self.db = Database(conn)
         self.path = path
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     def open(cls, path: Path, *, create: bool, synchronous: str = "normal") -> Ledger:
@@ -68,6 +70,8 @@ class Ledger:
             conn.execute("PRAGMA journal_mode = WAL")
             # Index pages of millions of records: a bigger cache keeps look-ups off the disk.
             conn.execute("PRAGMA cache_size = -65536")
+            # Checkpoints run on a thread of their own (checkpoint.py), not inside a COMMIT.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
             if exists:
                 check = conn.execute("PRAGMA quick_check").fetchone()
@@ -75,6 +79,7 @@ class Ledger:
                     raise LedgerError(f"{path}: ledger is corrupt ({check and check[0]})")
             ledger = cls(conn, path)
             ledger._migrate(exists)
+            ledger._checkpointer = Checkpointer(path)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path}: cannot open ledger: {exc}") from exc
         return ledger
@@ -94,6 +99,14 @@ class Ledger:
         migrations.apply(self.db)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        try:
+            # Fold the WAL back into the database, so the file stands alone between runs.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another connection reads: the next run checkpoints it
         self._conn.close()
 
     def __enter__(self) -> Ledger:
