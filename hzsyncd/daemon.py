@@ -67,6 +67,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._status = ""
+        self._next_prune = 0.0
 
     # Life cycle ----------------------------------------------------------------------------
 
@@ -149,9 +150,19 @@ class Daemon:
 
     # The loop ------------------------------------------------------------------------------
 
+    def _prune(self) -> None:
+        """Once a day, history older than [ledger] history_days goes (0 keeps it)."""
+        days = self.config.ledger.history_days
+        if days <= 0 or self.clock() < self._next_prune:
+            return
+        dropped = self.ledger.prune(days, self.clock())
+        self._next_prune = self.clock() + 86400
+        event(logging.INFO, f"history older than {days} days pruned ({dropped} attempts)")
+
     def _loop(self) -> None:
         while not self._stop:
             self.notifier.watchdog()
+            self._prune()
             if self._reload:
                 self._reload = False
                 self.reload()

@@ -365,12 +365,18 @@ class Ledger:
         ).fetchall()
         return {str(name): int(count) for name, count in rows}
 
-    def prune(self, older_than_days: float) -> int:
-        """Drop attempts older than the limit; the current state is never touched."""
-        cutoff = time.time() - older_than_days * 86400
-        cursor = self._write("DELETE FROM attempts WHERE at < ?", [cutoff])
+    def prune(self, older_than_days: float, now: float) -> int:
+        """Drop history older than the limit: attempts, and the raw replies and payloads of
+        final records. Record rows and the current state stay, so no decision changes."""
+        cutoff = now - older_than_days * 86400
+        dropped = self._write("DELETE FROM attempts WHERE at < ?", [cutoff]).rowcount
+        self._write(
+            "UPDATE records SET response = NULL, payload = NULL WHERE state = 'final' "
+            "AND updated_at < ? AND (response IS NOT NULL OR payload IS NOT NULL)",
+            [cutoff],
+        )
         self.commit()
-        return cursor.rowcount
+        return dropped
 
     def current(self, table: str, key: str) -> dict[str, Any] | None:
         """The key's last accepted operation and hash: the duplicate rule's only input."""
