@@ -159,7 +159,11 @@ def test_children_dropped_before_parents_all_end_in_done(
         drop(spool, name, f"{name}.ndjson", report)
         drop(spool, name, f"{name}-gone.ndjson", gone, delete=True)
 
-    wait_for(lambda: len(done_files(spool)) == 14, 30, "all 14 files in done/")
+    try:
+        wait_for(lambda: len(done_files(spool)) == 14, 30, "all 14 files in done/")
+    except AssertionError as exc:
+        left = sorted(str(p.relative_to(spool)) for p in spool.rglob("*.ndjson"))
+        raise AssertionError(f"{exc}\nspool: {left}\nlog:\n{daemons[0].output()[-6000:]}")
     assert failed_files(spool) == []
     deletes = [c for c in data_calls(emu) if c["method"].startswith("delete")]
     assert len({c["method"] for c in deletes if c["response"] == ""}) == 7
