@@ -232,7 +232,15 @@ class RecordSender:
     ) -> None:
         # The sending mark is committed before the call (DESIGN §4); the same commit carries
         # the outcomes recorded since the last one, so a record costs one commit, not two.
+        # It is committed while the calls before it are still out: reading, deciding and
+        # committing overlap the wire, and only recording a reply lies between two calls.
         self.ledger.commit()
+        if self.pool.full:
+            self._collect(self.pool.completed(None))
+        if self.failure is not None:
+            # Marked but never sent: back to pending, for the next attempt.
+            self.ledger.update_record(record_id, state="pending")
+            return
         table = work.folder.table
         self.pool.submit(
             (table.name, key),
@@ -241,7 +249,7 @@ class RecordSender:
             self.config.area_codes[table.name],
             (work, record_id, key, item, row),
         )
-        self._collect(self.pool.completed(None if self.pool.full else 0.0))
+        self._collect(self.pool.completed(0.0))
 
     def _collect(self, calls: list[Call]) -> None:
         for call in calls:

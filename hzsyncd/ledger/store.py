@@ -68,8 +68,8 @@ class Ledger:
             )
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
-            # Index pages of millions of records: a bigger cache keeps look-ups off the disk.
-            conn.execute("PRAGMA cache_size = -65536")
+            # 16 MiB of pages (default 2): look-ups stay in memory; a big send stays small.
+            conn.execute("PRAGMA cache_size = -16384")
             # Checkpoints run on a thread of their own (checkpoint.py), not inside a COMMIT.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
