@@ -22,12 +22,13 @@ from hzsyncd.errors import (
     SpoolError,
     TransportFailure,
 )
-from hzsyncd.lock import Busy
+from hzsyncd.lock import Busy, LockError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES: tuple[tuple[type[HzsyncdError], int], ...] = (
     (Busy, 2),
+    (LockError, 2),
     (IpDenied, 4),
     (TransportFailure, 3),
     (ConfigError, 2),

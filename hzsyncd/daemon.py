@@ -18,7 +18,7 @@ import simplejson
 from hzsyncd import logs
 from hzsyncd import spool as spool_mod
 from hzsyncd.config import Config, find_config, load_config
-from hzsyncd.errors import ConfigError, Interrupted, IpDenied, TransportFailure
+from hzsyncd.errors import ConfigError, InputError, Interrupted, IpDenied, TransportFailure
 from hzsyncd.ledger import Ledger
 from hzsyncd.lock import owner_lock
 from hzsyncd.logs import event
@@ -199,7 +199,11 @@ class Daemon:
             self.watcher.forget(job.path)
             if not job.path.exists():
                 return
-            work = self.pipeline.claim(job.path, job.folder)
+            try:
+                work = self.pipeline.claim(job.path, job.folder)
+            except InputError as exc:
+                self._refuse(job.path, job.folder, exc.reason)
+                return
         else:
             work = job.work
         self.notifier.status(self._set_status(f"sending {work.folder.table.name}/{work.name}"))
@@ -309,36 +313,39 @@ class Daemon:
 
     def _refuse_unusable(self) -> None:
         for path, folder, reason in self.watcher.refused():
-            event(
-                logging.WARNING,
-                f"refused: {reason}",
-                table=folder.table.name,
-                op=folder.op.value,
-                file=path.name,
-                outcome="rejected",
-                code="invalid",
+            self._refuse(path, folder, reason)
+
+    def _refuse(self, path: Path, folder: DropFolder, reason: str) -> None:
+        event(
+            logging.WARNING,
+            f"refused: {reason}",
+            table=folder.table.name,
+            op=folder.op.value,
+            file=path.name,
+            outcome="rejected",
+            code="invalid",
+        )
+        if path.is_dir() and not path.is_symlink():
+            return
+        try:
+            dest = spool_mod.move_no_overwrite(path, folder.failed_dir)
+            line = {
+                "line": 0,
+                "index": None,
+                "key": None,
+                "outcome": "rejected",
+                "code": "invalid",
+                "field": None,
+                "messages": [reason],
+                "record": None,
+            }
+            spool_mod.write_new(
+                folder.failed_dir,
+                dest.name + ".errors.ndjson",
+                (simplejson.dumps(line, ensure_ascii=False) + "\n").encode(),
             )
-            if path.is_dir() and not path.is_symlink():
-                continue
-            try:
-                dest = spool_mod.move_no_overwrite(path, folder.failed_dir)
-                line = {
-                    "line": 0,
-                    "index": None,
-                    "key": None,
-                    "outcome": "rejected",
-                    "code": "invalid",
-                    "field": None,
-                    "messages": [reason],
-                    "record": None,
-                }
-                spool_mod.write_new(
-                    folder.failed_dir,
-                    dest.name + ".errors.ndjson",
-                    (simplejson.dumps(line, ensure_ascii=False) + "\n").encode(),
-                )
-            except OSError as exc:
-                event(logging.ERROR, f"cannot move to failed/: {exc}", file=path.name)
+        except OSError as exc:
+            event(logging.ERROR, f"cannot move to failed/: {exc}", file=path.name)
 
     def reload(self) -> None:
         """SIGHUP: take a new configuration, or keep the old one if the new one is wrong."""

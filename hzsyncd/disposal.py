@@ -36,15 +36,41 @@ class Disposer:
         if open_rows:
             report.disposition = "waiting"
             return report
-        if not os.path.lexists(work.work) or identity(work.work) != work.identity:
+        if not os.path.lexists(work.work):
+            return self.vanished(work)
+        if identity(work.work) != work.identity:
             return self.fail_whole(work, "the file changed while it was being processed", 0)
         failed = counts.get(Outcome.REJECTED.value, 0) > 0
         return self._dispose(work, "failed" if failed else "done", None)
 
+    def vanished(self, work: Work) -> FileReport:
+        """The file left .work/ while it was processed (deleted or moved by hand): nothing to
+        move; the ledger says so and the daemon goes on."""
+        reason = "the file was removed from .work/ while it was being processed"
+        self.ledger.update_file(
+            work.file_id,
+            state="final",
+            disposition="missing",
+            work_path=None,
+            reason=reason,
+            finished_at=time.time(),
+        )
+        self.ledger.commit(durable=True)
+        event(
+            logging.ERROR,
+            reason,
+            table=work.folder.table.name,
+            op=work.folder.op.value,
+            file=work.name,
+            outcome=Outcome.REJECTED.value,
+        )
+        work.report.disposition, work.report.reason = "failed", reason
+        return work.report
+
     def fail_whole(
         self, work: Work, reason: str, line: int, field: str | None = None
     ) -> FileReport:
-        self.ledger.update_file(work.file_id, reason=reason)
+        self.ledger.update_file(work.file_id, reason=reason, line=line, field=field)
         work.report.reason = reason
         event(
             logging.WARNING,
@@ -92,7 +118,7 @@ class Disposer:
         row = self.ledger.file(file_id)
         if row.get("disposition") == "failed":
             if whole is None and row.get("reason"):
-                whole = {"line": 0, "field": None, "reason": row["reason"]}
+                whole = {"line": row["line"] or 0, "field": row["field"], "reason": row["reason"]}
             self.write_errors(file_id, dest, whole)
         self.ledger.update_file(
             file_id, state="final", dest=str(dest), work_path=None, finished_at=time.time()
@@ -154,6 +180,10 @@ def _as_record(payload: str | None) -> Any:
     if payload is None:
         return None
     try:
-        return simplejson.loads(payload, use_decimal=True)
-    except ValueError:
+        record = simplejson.loads(payload, use_decimal=True)
+        # Refused for nesting too deep to decode, or for a lone surrogate that no UTF-8 can
+        # carry: such a record is reported as the text it was.
+        simplejson.dumps(record, ensure_ascii=False, use_decimal=True).encode()
+    except (ValueError, RecursionError, UnicodeEncodeError):
         return payload
+    return record

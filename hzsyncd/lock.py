@@ -25,6 +25,10 @@ def _holder(handle_path: Path) -> str:
     return f"pid {pid}" + (f" ({cmdline})" if cmdline else "")
 
 
+class LockError(HzsyncdError):
+    """The lock file cannot be made or opened (a read-only or full file system)."""
+
+
 class OwnerLock:
     """Holds `flock` locks on files beside the ledger and in the spool root until released.
 
@@ -38,8 +42,11 @@ class OwnerLock:
     def acquire(self) -> OwnerLock:
         try:
             for path in self.paths:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    raise LockError(f"{path}: cannot open the lock file: {exc.strerror}") from exc
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

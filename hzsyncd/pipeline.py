@@ -57,6 +57,11 @@ class Pipeline:
     def claim(self, path: Path, folder: DropFolder) -> Work:
         """Move a dropped file into `.work/` and register it (or resume its earlier claim)."""
         origin = path
+        try:  # unreadable (a non-root daemon and an exporter's 0600 file): refused, not claimed
+            with open(path, "rb"):
+                pass
+        except PermissionError as exc:
+            raise InputError(path, f"cannot read the file: {exc.strerror}") from None
         if path.parent != folder.work_dir:
             path = spool_mod.move_no_overwrite(path, folder.work_dir)
         stat = identity(path)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hzsyncd import spool as spool_mod
 from hzsyncd.client import ReportClient
 from hzsyncd.config import Config
 from hzsyncd.errors import LedgerError
@@ -117,6 +118,29 @@ def recover(session: Session, *, put_back: bool) -> None:
             reason="gone from .work/ at start",
         )
         session.ledger.commit()
+    _put_back_unknown(session)
+
+
+def _put_back_unknown(session: Session) -> None:
+    """Files in .work/ with no open claim in the ledger: a claim cut short between its move into
+    .work/ and its commit (a ledger error, a crash). Back into the drop folder, to be taken anew."""
+    known = {row["work_path"] for row in session.ledger.open_files() if row["work_path"]}
+    for folder in session.spool.drop_folders():
+        try:
+            entries = sorted(folder.work_dir.iterdir())
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or str(entry) in known:
+                continue
+            back = spool_mod.move_no_overwrite(entry, folder.path)
+            event(
+                logging.WARNING,
+                f"found in .work/ but not in the ledger; put back as {back.name}",
+                file=entry.name,
+                table=folder.table.name,
+                op=folder.op.value,
+            )
 
 
 def _find_moved(folder: DropFolder, row: dict[str, object]) -> Path | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 migrations = Migrations("hzsyncd")
 
@@ -88,5 +88,18 @@ def m001_initial(db: Database) -> None:
 
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         INSERT INTO meta VALUES ('schema_version', '1');
+        """
+    )
+
+
+@migrations()
+def m002_file_line(db: Database) -> None:
+    # Where a file failed whole: the line and field of its reason (DESIGN §4, "source file and
+    # line"), so that a report rebuilt from the ledger (after a crash) still names them.
+    db.executescript(
+        """
+        ALTER TABLE files ADD COLUMN line INTEGER;
+        ALTER TABLE files ADD COLUMN field TEXT;
+        UPDATE meta SET value = '2' WHERE key = 'schema_version';
         """
     )
