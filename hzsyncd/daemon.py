@@ -64,6 +64,7 @@ class Daemon:
         self.paused_until = 0.0
         self.pause: str | None = None  # why sending is paused: "ip" or "transport"
         self.failures = 0
+        self._accepted_at_pause = 0
         self._stop = False
         self._reload = False
         self._status = ""
@@ -236,6 +237,11 @@ class Daemon:
 
     def _tick(self) -> bool:
         self.notifier.watchdog()
+        if (
+            self.pause is not None
+            and self.pipeline.records.accepted_calls > self._accepted_at_pause
+        ):
+            self._resumed()  # a call went through: the pause is over, even mid-file
         return self._stop
 
     def _file_due(self, file_id: int) -> float:
@@ -257,6 +263,7 @@ class Daemon:
         if self.pause != "ip":
             self.pause = "ip"
             self._record_state(error=message)
+        self._accepted_at_pause = self.pipeline.records.accepted_calls
         self.paused_until = self.clock() + seconds
         self.notifier.status(self._set_status())
 
@@ -266,13 +273,14 @@ class Daemon:
         delay = min(retry.backoff_initial * 2 ** (self.failures - 1), retry.backoff_max)
         event(
             logging.WARNING,
-            f"service unreachable: {message}; retrying in {delay:.0f} s "
+            f"service unreachable: {message}; retrying in {delay:g} s "
             f"(attempt {self.failures}); nothing is marked failed",
             outcome="transport",
         )
         if self.pause != "transport":
             self.pause = "transport"
             self._record_state(error=message)
+        self._accepted_at_pause = self.pipeline.records.accepted_calls
         self.paused_until = self.clock() + delay
         self.notifier.status(self._set_status())
 

@@ -152,6 +152,7 @@ class Pipeline:
         self.ledger.update_file(work.file_id, records=records)
 
         resume_upto = self.ledger.max_index(work.file_id)
+        self.records.heartbeat = tick
         since_commit = 0
         items = read_records(work.work, self.config.spool.encoding)
         try:
@@ -175,6 +176,7 @@ class Pipeline:
             self.records.drain()
             self.records.checkpoint()
         finally:
+            self.records.heartbeat = None
             self.ledger.commit()
         return self.disposer.finish(work)
 

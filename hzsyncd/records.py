@@ -11,13 +11,15 @@ import simplejson
 
 from hzsyncd.calls import Call, CallPool
 from hzsyncd.config import Config
-from hzsyncd.errors import InputError, IpDenied, ServiceError, TransportFailure
+from hzsyncd.errors import InputError, Interrupted, IpDenied, ServiceError, TransportFailure
 from hzsyncd.ledger import Ledger
 from hzsyncd.logs import event
 from hzsyncd.outcomes import INVALID_CODE, Outcome, Reply
 from hzsyncd.reader import BadRecord, Record
 from hzsyncd.tables import MissingKey
 from hzsyncd.work import Work
+
+HEARTBEAT_SECONDS = 1.0
 
 
 class RecordSender:
@@ -34,6 +36,10 @@ class RecordSender:
         self.pool = pool
         self.clock = clock
         self.failure: ServiceError | None = None
+        # Called while waiting for calls; True means stop (the daemon's tick).
+        self.heartbeat: Callable[[], bool] | None = None
+        # Calls answered "accepted" so far: how the daemon tells that sending has resumed.
+        self.accepted_calls = 0
         # The fast path for duplicates: states of the next batch of keys, read in one go.
         self._current: dict[str, tuple[str, str]] = {}
         self._open: set[str] = set()
@@ -69,9 +75,23 @@ class RecordSender:
             failure, self.failure = self.failure, None
             raise failure
 
+    def _wait(self, only: Call | None = None) -> list[Call]:
+        """Wait for a call (or `only` that one) to come back, feeding the heartbeat meanwhile:
+        a call may take [service] timeout, longer than the watchdog or a stop may wait."""
+        while True:
+            finished = self.pool.completed(HEARTBEAT_SECONDS, only=only)
+            if finished:
+                return finished
+            if self.heartbeat is not None and self.heartbeat():
+                raise Interrupted("stopped while calls were out")
+
     def drain(self, timeout: float | None = None) -> bool:
         """Record every call in flight; False when `timeout` ran out first (calls abandoned)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            while len(self.pool):
+                self._collect(self._wait())
+            return True
+        deadline = time.monotonic() + timeout
         while len(self.pool):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             finished = self.pool.completed(left)
@@ -171,7 +191,7 @@ class RecordSender:
         earlier = self.pool.in_flight((table_name, key))
         if earlier is not None:
             # The outcome of the key's version in flight decides what this version needs.
-            self._collect(self.pool.completed(None, only=earlier))
+            self._collect(self._wait(only=earlier))
         decision = self.ledger.decide(table_name, key, op, item.digest, record_id)
         if decision.action == "duplicate":
             if record_id is None:
@@ -236,7 +256,7 @@ class RecordSender:
         # committing overlap the wire, and only recording a reply lies between two calls.
         self.ledger.commit()
         if self.pool.full:
-            self._collect(self.pool.completed(None))
+            self._collect(self._wait())
         if self.failure is not None:
             # Marked but never sent: back to pending, for the next attempt.
             self.ledger.update_record(record_id, state="pending")
@@ -276,12 +296,17 @@ class RecordSender:
     ) -> None:
         table_name = work.folder.table.name
         op = work.folder.op.value
+        if self._lost_delete_replayed(table_name, key, op, reply, row):
+            # The call before a crash deleted the key and its reply was lost: the delete is
+            # done, as DESIGN §4 (deletes are idempotent) has it.
+            reply = Reply(Outcome.OK, raw=reply.raw)
         if reply.outcome is not Outcome.OK or (row is not None and row["attempts"]):
             # A first call that succeeds is told whole by the record's own row; attempts keep
             # the story of records that needed more than one.
             self.ledger.add_attempt(record_id, reply.outcome.value, reply.code, reply.raw, elapsed)
         common = dict(code=reply.code, messages=list(reply.messages), response=reply.raw)
         if reply.outcome is Outcome.OK:
+            self.accepted_calls += 1
             self.ledger.update_record(
                 record_id, state="final", outcome="ok", duration_ms=elapsed, **common
             )
@@ -341,6 +366,20 @@ class RecordSender:
             self._log_rejection(work, key, item.line, reply.code, reply.messages)
         # Not committed here: the next sending mark or the end of the file commits it. Until
         # then the record reads `sending`, and a crash sends it again (idempotent, DESIGN §4).
+
+    def _lost_delete_replayed(
+        self, table: str, key: str, op: str, reply: Reply, row: dict[str, Any] | None
+    ) -> bool:
+        """A delete resent after a crash (its row still `sending`), answered with a missing
+        relation ("not stored": error-3001 from the emulator; the real code is unknown, so
+        any error-NNNN counts), of a key whose last accepted operation was a report: the call
+        whose reply the crash lost has deleted it."""
+        if op != "delete" or reply.outcome is not Outcome.RELATION:
+            return False
+        if row is None or row["state"] != "sending":
+            return False
+        current = self.ledger.current(table, key)
+        return current is not None and current["op"] == "report"
 
     def _relation_expired(self, row: dict[str, Any] | None) -> bool:
         if row is None or not row["relation_since"]:
