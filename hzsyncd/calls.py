@@ -40,6 +40,9 @@ class CallPool:
     """At most `size` calls at once; a key's next call waits until its last one is collected.
 
     Finished calls come back through one queue, so collecting costs one hand-over per call.
+    With `size` 1 there is nothing to overlap: the call runs on the caller's thread, sparing
+    the hand-over and the contest for the GIL with a worker; `calling` tells a signal handler
+    that it may interrupt it.
     """
 
     def __init__(
@@ -57,20 +60,24 @@ class CallPool:
         self._jobs: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Call] = queue.SimpleQueue()
         self._in_flight: dict[Hashable, Call] = {}
+        self.calling = False
         self._workers = [
             threading.Thread(target=self._work, name=f"hzsyncd-call-{n}", daemon=True)
-            for n in range(size)
+            for n in range(size if size > 1 else 0)
         ]
         for worker in self._workers:
             worker.start()
 
     def _work(self) -> None:
         while (call := self._jobs.get()) is not None:
-            try:
-                call.reply = self.client.call(call.method, call.payload, call.area_code)
-            except BaseException as exc:  # handed to the collecting thread, which decides
-                call.error = exc
-            self._done.put(call)
+            self._run(call)
+
+    def _run(self, call: Call) -> None:
+        try:
+            call.reply = self.client.call(call.method, call.payload, call.area_code)
+        except Exception as exc:  # handed to the collecting thread, which decides
+            call.error = exc
+        self._done.put(call)
 
     def __len__(self) -> int:
         return len(self._in_flight)
@@ -94,7 +101,14 @@ class CallPool:
             self._next_slot = max(now, self._next_slot) + self.interval
         call = Call(key, method, payload, area_code, context)
         self._in_flight[key] = call
-        self._jobs.put(call)
+        if self._workers:
+            self._jobs.put(call)
+            return call
+        self.calling = True
+        try:
+            self._run(call)
+        finally:
+            self.calling = False
         return call
 
     def completed(self, timeout: float | None = 0.0, *, only: Call | None = None) -> list[Call]:

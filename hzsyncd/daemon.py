@@ -115,6 +115,10 @@ class Daemon:
 
         def stop(signum: int, frame: FrameType | None) -> None:
             self.stop()
+            if self.pipeline.pool.calling:
+                # A call on this thread (max_in_flight 1) may wait [service] timeout: abandon
+                # it now. Its record is `sending` in the ledger and is sent again at restart.
+                raise Interrupted("stopped during a call")
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self.request_reload()
@@ -186,7 +190,7 @@ class Daemon:
     def _next_job(self, now: float) -> Candidate | Waiting | None:
         due = [w for w in self.waiting.values() if w.due <= now]
         jobs: list[tuple[tuple[int, int, str], Candidate | Waiting]] = [
-            ((c.rank, c.mtime_ns, c.name), c) for c in self.candidates
+            ((c.rank, c.mtime_ns, c.name), c) for c in self.candidates if not self._older_sibling(c)
         ] + [(w.order(), w) for w in due]
         if not jobs:
             return None
@@ -194,6 +198,34 @@ class Daemon:
         if isinstance(job, Candidate):
             self.candidates.remove(job)
         return job
+
+    def _older_sibling(self, candidate: Candidate) -> bool:
+        """Whether the table's other drop folder (report or delete) holds an older file not yet
+        taken: a table's two folders are one queue in (mtime, name) order (DESIGN §2), so a
+        delete never overtakes the report before it while that one is still settling."""
+        folder = candidate.folder
+        other = next(
+            (f for f in self.spool.drop_folders() if f.table == folder.table and f != folder),
+            None,
+        )
+        if other is None:
+            return False
+        try:
+            entries = list(os.scandir(other.path))
+        except OSError:
+            return False
+        for entry in entries:
+            if spool_mod.name_kind(entry.name) != "accept" or not entry.is_file(
+                follow_symlinks=False
+            ):
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+            except OSError:
+                continue
+            if (mtime, entry.name) < (candidate.mtime_ns, candidate.name):
+                return True
+        return False
 
     def _run(self, job: Candidate | Waiting) -> None:
         if isinstance(job, Candidate):

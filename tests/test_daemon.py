@@ -163,7 +163,7 @@ def test_children_dropped_before_parents_all_end_in_done(
         wait_for(lambda: len(done_files(spool)) == 14, 30, "all 14 files in done/")
     except AssertionError as exc:
         left = sorted(str(p.relative_to(spool)) for p in spool.rglob("*.ndjson"))
-        raise AssertionError(f"{exc}\nspool: {left}\nlog:\n{daemons[0].output()[-6000:]}")
+        raise AssertionError(f"{exc}\nspool: {left}\nlog:\n{daemons[0].output()[-6000:]}") from None
     assert failed_files(spool) == []
     deletes = [c for c in data_calls(emu) if c["method"].startswith("delete")]
     assert len({c["method"] for c in deletes if c["response"] == ""}) == 7
@@ -342,6 +342,26 @@ def test_sigterm_mid_file_then_restart_delivers_everything_once_more_at_most(
         assert sorted(set(sent)) == [r["org_id"] for r in records], "a record was lost"
         assert len(sent) - len(set(sent)) <= 4, "more repeats than calls in flight"
         assert len(list(spool.rglob("big*.ndjson"))) == 1
+
+
+def test_sigterm_during_a_stalled_call_on_the_main_thread_exits_0_within_10_s(
+    tmp_path: Path, spool: Path, daemons: list[DaemonProcess]
+) -> None:
+    with Emulator(port=0, allow=["127.0.0.1"]) as emu:
+        config = write_config(
+            tmp_path, emu.wsdl_url, **FAST, service={"max_in_flight": 1, "timeout": 60}
+        )
+        daemon = start(daemons, config, tmp_path)
+        emu.set_fault("stall")  # answers nothing for 60 s: longer than a stop may take
+        drop(spool, "org_info", "a.ndjson", ndjson([{"org_id": "E1"}]))
+        time.sleep(1.5)  # the call is out: the file is taken at once (settle 0.3 s)
+        started = time.monotonic()
+        assert daemon.stop(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        emu.set_fault(None)
+        start(daemons, config, tmp_path)
+        wait_for(lambda: len(done_files(spool)) == 1, 15, "the file sent after the restart")
+        assert keys_sent(emu) == ["E1"]
 
 
 def test_demo_runs_end_to_end_and_matches_the_receipts(tmp_path: Path) -> None:

@@ -290,7 +290,7 @@ def test_ip_removed_mid_run_pauses_loudly_once_and_resumes_without_losses(
                 "sending resumed",
             )
             assert not done_names(spool), "the file finished before the last pause"
-        wait_for(lambda: done_names(spool) == ["big.ndjson"], 60, "big.ndjson in done/")
+        wait_for(lambda: done_names(spool) == ["big.ndjson"], 180, "big.ndjson in done/")
         got = accepted(emu.receipts())
         assert sorted(got) == keys
         duplicates = sum(c - 1 for c in got.values())
