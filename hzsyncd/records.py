@@ -75,13 +75,15 @@ class RecordSender:
             failure, self.failure = self.failure, None
             raise failure
 
-    def _wait(self, only: Call | None = None) -> list[Call]:
-        """Wait for a call (or `only` that one) to come back, feeding the heartbeat meanwhile:
-        a call may take [service] timeout, longer than the watchdog or a stop may wait."""
+    def _await(self, only: Call | None = None) -> None:
+        """Record calls as they come back until one has (or `only` has), feeding the heartbeat
+        meanwhile: a call may take [service] timeout, longer than the watchdog or a stop may
+        wait. Whatever else comes back in the meantime is recorded too."""
         while True:
             finished = self.pool.completed(HEARTBEAT_SECONDS, only=only)
-            if finished:
-                return finished
+            self._collect(finished)
+            if finished and (only is None or only in finished):
+                return
             if self.heartbeat is not None and self.heartbeat():
                 raise Interrupted("stopped while calls were out")
 
@@ -89,7 +91,7 @@ class RecordSender:
         """Record every call in flight; False when `timeout` ran out first (calls abandoned)."""
         if timeout is None:
             while len(self.pool):
-                self._collect(self._wait())
+                self._await()
             return True
         deadline = time.monotonic() + timeout
         while len(self.pool):
@@ -191,7 +193,7 @@ class RecordSender:
         earlier = self.pool.in_flight((table_name, key))
         if earlier is not None:
             # The outcome of the key's version in flight decides what this version needs.
-            self._collect(self._wait(only=earlier))
+            self._await(only=earlier)
         decision = self.ledger.decide(table_name, key, op, item.digest, record_id)
         if decision.action == "duplicate":
             if record_id is None:
@@ -256,7 +258,7 @@ class RecordSender:
         # committing overlap the wire, and only recording a reply lies between two calls.
         self.ledger.commit()
         if self.pool.full:
-            self._collect(self._wait())
+            self._await()
         if self.failure is not None:
             # Marked but never sent: back to pending, for the next attempt.
             self.ledger.update_record(record_id, state="pending")
