@@ -177,6 +177,9 @@ class Pipeline:
             self.records.checkpoint()
         finally:
             self.records.heartbeat = None
+            # Duplicates found before a failure or a stop are decided: write them, or the next
+            # pass would find them buffered and write them twice.
+            self.records.flush()
             self.ledger.commit()
         return self.disposer.finish(work)
 
