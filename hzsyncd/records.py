@@ -259,6 +259,9 @@ class RecordSender:
         self.ledger.commit()
         if self.pool.full:
             self._await()
+            # What came back is committed before another call starts: a crash then repeats
+            # at most the max_in_flight calls out, never one already answered as well.
+            self.ledger.commit()
         if self.failure is not None:
             # Marked but never sent: back to pending, for the next attempt.
             self.ledger.update_record(record_id, state="pending")
