@@ -24,9 +24,6 @@ class FileReport:
     reason: str | None = None
     rejections: list[dict[str, Any]] = field(default_factory=list)
 
-    def count(self, name: str) -> int:
-        return self.counts.get(name, 0)
-
 
 @dataclass
 class Work:

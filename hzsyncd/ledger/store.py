@@ -155,17 +155,23 @@ class Ledger:
     def add_file(self, **fields: Any) -> int:
         fields.setdefault("claimed_at", time.time())
         fields.setdefault("state", "claimed")
+        return self._insert("files", fields)
+
+    def update_file(self, file_id: int, **fields: Any) -> None:
+        self._update("files", file_id, fields)
+
+    def _insert(self, table: str, fields: dict[str, Any]) -> int:
         columns = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         cursor = self._write(
-            f"INSERT INTO files ({columns}) VALUES ({marks})", list(fields.values())
+            f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(fields.values())
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def update_file(self, file_id: int, **fields: Any) -> None:
+    def _update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._write(f"UPDATE files SET {assignments} WHERE id = ?", [*fields.values(), file_id])
+        self._write(f"UPDATE {table} SET {assignments} WHERE id = ?", [*fields.values(), row_id])
 
     def file(self, file_id: int) -> dict[str, Any]:
         return self._one("SELECT * FROM files WHERE id = ?", [file_id]) or {}
@@ -189,9 +195,6 @@ class Ledger:
 
     def open_files(self) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM files WHERE state != 'final' ORDER BY id")
-
-    def files_by_dest(self, dest: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM files WHERE dest = ? AND state = 'final'", [dest])
 
     # Records ------------------------------------------------------------------------------
 
@@ -240,13 +243,7 @@ class Ledger:
         fields.setdefault("updated_at", now)
         if isinstance(fields.get("messages"), (list, tuple)):
             fields["messages"] = json.dumps(list(fields["messages"]), ensure_ascii=False)
-        columns = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        cursor = self._write(
-            f"INSERT INTO records ({columns}) VALUES ({marks})", list(fields.values())
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return self._insert("records", fields)
 
     def known_states(
         self, table: str, keys: Sequence[str]
@@ -310,8 +307,7 @@ class Ledger:
         fields.setdefault("updated_at", time.time())
         if isinstance(fields.get("messages"), (list, tuple)):
             fields["messages"] = json.dumps(list(fields["messages"]), ensure_ascii=False)
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._write(f"UPDATE records SET {assignments} WHERE id = ?", [*fields.values(), record_id])
+        self._update("records", record_id, fields)
 
     def mark_sending(self, record_id: int) -> None:
         self._write(
