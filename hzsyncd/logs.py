@@ -28,6 +28,8 @@ log = logging.getLogger("hzsyncd")
 
 def event(level: int, message: str, /, **fields: Any) -> None:
     """Log one event; `fields` (table, op, file, key, outcome, code) become HZSYNCD_* fields."""
+    if not log.isEnabledFor(level):
+        return  # one "accepted" a record at debug level: not worth building when unseen
     extra = {f"HZSYNCD_{name.upper()}": str(value) for name, value in fields.items() if value}
     log.log(level, message, extra=extra)
 

@@ -51,16 +51,25 @@ def retry_rejected(session: Session, table: str | None, key: str | None) -> list
             raise
         ledger.add_attempt(row["id"], reply.outcome.value, reply.code, reply.raw, elapsed)
         accepted = reply.outcome is Outcome.OK
-        ledger.update_record(
-            row["id"],
-            state="final",
-            outcome=Outcome.OK.value if accepted else Outcome.REJECTED.value,
-            code=reply.code,
-            messages=list(reply.messages),
-            response=reply.raw,
-        )
         if accepted:
-            ledger.accept(row["id"], chosen.name, row["key"], row["op"], row["hash"])
+            ledger.accept(
+                row["id"],
+                chosen.name,
+                row["key"],
+                row["op"],
+                row["hash"],
+                response=reply.raw,
+                duration_ms=elapsed,
+            )
+        else:
+            ledger.update_record(
+                row["id"],
+                state="final",
+                outcome=Outcome.REJECTED.value,
+                code=reply.code,
+                messages=list(reply.messages),
+                response=reply.raw,
+            )
         ledger.commit()
         verdict = "accepted" if accepted else "rejected again: " + "; ".join(reply.messages)
         event(

@@ -23,6 +23,7 @@ from hzsyncd.ledger.checkpoint import Checkpointer
 from hzsyncd.ledger.schema import SCHEMA_VERSION, migrations
 
 BUSY_TIMEOUT_SECONDS = 10.0
+CACHE_KIB = 4096
 
 Action = Literal["send", "duplicate", "rejected", "wait"]
 
@@ -68,8 +69,9 @@ class Ledger:
             )
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
-            # 16 MiB of pages (default 2): look-ups stay in memory; a big send stays small.
-            conn.execute("PRAGMA cache_size = -16384")
+            # Twice SQLite's default: the upper levels of every index stay in memory, and the
+            # process stays small however big the ledger (the leaves are in the OS's cache).
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             # Checkpoints run on a thread of their own (checkpoint.py), not inside a COMMIT.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -275,6 +277,26 @@ class Ledger:
                 open_keys.add(key)
         return current, open_keys
 
+    def rejected_before(
+        self, table: str, candidates: Sequence[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """Of (key, op, hash) triples, those the server rejected before: the batch form of
+        `decide`'s third question, asked only for the records that are not duplicates."""
+        found: set[tuple[str, str, str]] = set()
+        keys = list(dict.fromkeys(key for key, _, _ in candidates))
+        wanted = set(candidates)
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self._execute(
+                f"SELECT key, op, hash FROM records WHERE table_name = ? AND key IN ({marks}) "
+                "AND state = 'final' AND outcome = 'rejected'",
+                [table, *part],
+            ):
+                if row in wanted:
+                    found.add(row)
+        return found
+
     def add_duplicates(
         self, rows: Sequence[tuple[int, int, int, str, str, str, str, float]]
     ) -> None:
@@ -330,14 +352,44 @@ class Ledger:
             [record_id, time.time(), outcome, code, response, duration_ms],
         )
 
-    def accept(self, record_id: int, table: str, key: str, op: str, digest: str) -> None:
-        """The server accepted the record: it becomes the key's current state."""
+    def add_sending(
+        self, file_id: int, idx: int, line: int, table: str, op: str, key: str, digest: str
+    ) -> int:
+        """A record met for the first time, about to be sent: its row, already `sending`."""
+        now = time.time()
+        cursor = self._write(
+            "INSERT INTO records (file_id, idx, line, table_name, op, key, hash, state, "
+            "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'sending', 1, ?, ?)",
+            (file_id, idx, line, table, op, key, digest, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def accept(
+        self,
+        record_id: int,
+        table: str,
+        key: str,
+        op: str,
+        digest: str,
+        *,
+        response: str | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
+        """The server accepted the record: its row is final, and it becomes the key's current
+        state. Fixed statements: this runs once for every record sent."""
+        now = time.time()
         self._write(
+            "UPDATE records SET state = 'final', outcome = 'ok', code = NULL, messages = '[]', "
+            "response = ?, duration_ms = ?, updated_at = ? WHERE id = ?",
+            (response, duration_ms, now, record_id),
+        )
+        self._execute(
             "INSERT INTO current (table_name, key, op, hash, record_id, accepted_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (table_name, key) DO UPDATE SET "
             "op = excluded.op, hash = excluded.hash, record_id = excluded.record_id, "
             "accepted_at = excluded.accepted_at",
-            [table, key, op, digest, record_id, time.time()],
+            (table, key, op, digest, record_id, now),
         )
 
     def open_records(self, file_id: int) -> list[dict[str, Any]]:
