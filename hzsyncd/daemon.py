@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -126,6 +127,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+        # `kill -USR1` prints every thread's stack to stderr (the journal): for a daemon that
+        # looks stuck, what it is doing, without stopping it.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def _pipeline(self, config: Config) -> Pipeline:
         return Pipeline(config, self.ledger, make_client(config), self.clock)
@@ -288,7 +292,7 @@ class Daemon:
             event(
                 logging.ERROR,
                 f"this host's IP is not on the allow-list ({message}): all "
-                f"sending paused, nothing is marked failed; re-probing every {seconds:.0f} s. "
+                f"sending paused, nothing is marked failed; re-probing every {seconds:g} s. "
                 "Fix: hzsyncd ip add <this host's address>",
                 outcome="ip_denied",
             )

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,24 +37,50 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 
 class NotifySocket:
-    """A real sd_notify socket, as systemd binds it for a Type=notify service."""
+    """A real sd_notify socket, as systemd binds it for a Type=notify service, and read all
+    the time, as systemd reads it. A socket nobody reads holds net.unix.max_dgram_qlen
+    datagrams (10 by default); the next sd_notify then blocks, and systemd-python holds the GIL
+    while it does: the whole daemon stops. A test that only read it now and then hung that way
+    once a daemon had pinged its watchdog ten times unread."""
 
     def __init__(self, path: Path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self.times: list[float] = []  # time.monotonic() each message came at
+        self._arrived = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._drain, name="notify-socket", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while not self._closed:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            now = time.monotonic()
+            with self._arrived:
+                for line in data.decode().splitlines():
+                    self.messages.append(line)
+                    self.times.append(now)
+                self._arrived.notify_all()
 
     def read(self, timeout: float = 0.1) -> list[str]:
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                data = self.sock.recv(4096)
-                self.messages.extend(data.decode().splitlines())
-                self.sock.settimeout(0.01)
-        except (TimeoutError, BlockingIOError):
-            pass
-        return self.messages
+        """Every message so far, after waiting up to `timeout` for one more."""
+        with self._arrived:
+            count = len(self.messages)
+            self._arrived.wait_for(lambda: len(self.messages) > count, timeout)
+            return list(self.messages)
+
+    def received(self) -> list[tuple[float, str]]:
+        """(time.monotonic(), message) of every message so far."""
+        with self._arrived:
+            return list(zip(self.times, self.messages, strict=True))
 
     def wait(self, line: str, timeout: float) -> None:
         wait_for(
@@ -63,6 +90,8 @@ class NotifySocket:
         )
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=5)
         self.sock.close()
 
 
@@ -85,6 +114,18 @@ class DaemonProcess:
 
     def wait_log(self, text: str, timeout: float) -> None:
         wait_for(lambda: text in self.output(), timeout, f"{text!r} in the daemon's log")
+
+    def stacks(self) -> str:
+        """Every thread's stack (SIGUSR1, faulthandler), for a test that finds it stuck."""
+        if self.proc.poll() is not None:
+            return f"(exited {self.proc.returncode})"
+        before = len(self.output())
+        self.proc.send_signal(signal.SIGUSR1)
+        try:
+            wait_for(lambda: "most recent call first" in self.output()[before:], 5, "stacks")
+        except AssertionError:
+            return "(no stacks printed)"
+        return self.output()[before:]
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
