@@ -49,6 +49,7 @@ class RecordSender:
         self._rejected: set[tuple[str, str, str]] = set()
         self._touched: set[str] = set()
         self._keys: dict[int, str] = {}
+        self._table_name = self._op = ""
         self._duplicates: list[tuple[int, int, int, str, str, str, str, float]] = []
         self._now = 0.0
 
@@ -57,22 +58,19 @@ class RecordSender:
         table = self.config.tables[work.folder.table.name]
         op = work.folder.op.value
         keys = {}
+        digests = []
         for item in items:
             if isinstance(item, Record):
                 try:
-                    keys[item.index] = table.key_of(item.data)
+                    keys[item.index] = key = table.key_of(item.data)
                 except MissingKey:
-                    pass
-        self._keys = keys
+                    continue
+                digests.append((key, item.digest))
+        self._keys, self._table_name, self._op = keys, table.name, op
         self._now = time.time()
-        self._current, self._open = self.ledger.known_states(table.name, list(keys.values()))
-        changed = [
-            (keys[item.index], op, item.digest)
-            for item in items
-            if isinstance(item, Record)
-            and item.index in keys
-            and self._current.get(keys[item.index]) != (op, item.digest)
-        ]
+        current, self._open = self.ledger.known_states(table.name, list(keys.values()))
+        changed = [(key, op, digest) for key, digest in digests if current.get(key) != (op, digest)]
+        self._current = current
         self._rejected = self.ledger.rejected_before(table.name, changed)
         self._touched = set()
 
@@ -116,6 +114,7 @@ class RecordSender:
         return True
 
     def first_time(self, work: Work, item: Record | BadRecord) -> None:
+        # The fast path, taken by every record of a re-dropped file: kept to dictionary look-ups.
         key = self._keys.get(item.index)
         known: Decision | None = None
         if (
@@ -123,24 +122,24 @@ class RecordSender:
             and isinstance(item, Record)
             and key not in self._touched
             and key not in self._open
-            and self.pool.in_flight((work.folder.table.name, key)) is None
+            and (not len(self.pool) or self.pool.in_flight((self._table_name, key)) is None)
         ):
-            op = work.folder.op.value
-            if self._current.get(key) == (op, item.digest):
+            op, digest = self._op, item.digest
+            if self._current.get(key) == (op, digest):
                 self._duplicates.append(
                     (
                         work.file_id,
                         item.index,
                         item.line,
-                        work.folder.table.name,
+                        self._table_name,
                         op,
                         key,
-                        item.digest,
+                        digest,
                         self._now,
                     )
                 )
                 return
-            if (key, op, item.digest) not in self._rejected:
+            if (key, op, digest) not in self._rejected:
                 known = SEND  # what `Ledger.decide` would answer, from the batch's states
         table = self.config.tables[work.folder.table.name]
         base = dict(
