@@ -9,11 +9,11 @@ from typing import Any
 
 import simplejson
 
+from hzsyncd.batch import DUPLICATE, BatchStates
 from hzsyncd.calls import Call, CallPool
 from hzsyncd.config import Config
 from hzsyncd.errors import InputError, Interrupted, IpDenied, ServiceError, TransportFailure
-from hzsyncd.ledger import Ledger
-from hzsyncd.ledger.store import Decision
+from hzsyncd.ledger import Decision, Ledger
 from hzsyncd.logs import event
 from hzsyncd.outcomes import INVALID_CODE, Outcome, Reply
 from hzsyncd.reader import BadRecord, Record
@@ -21,7 +21,6 @@ from hzsyncd.tables import MissingKey
 from hzsyncd.work import Work
 
 HEARTBEAT_SECONDS = 1.0
-SEND = Decision("send")
 
 
 class RecordSender:
@@ -42,42 +41,16 @@ class RecordSender:
         self.heartbeat: Callable[[], bool] | None = None
         # Calls answered "accepted" so far: how the daemon tells that sending has resumed.
         self.accepted_calls = 0
-        # The fast path: what the duplicate rule needs of the next batch of keys, read in
-        # three statements instead of three a record.
-        self._current: dict[str, tuple[str, str]] = {}
-        self._open: set[str] = set()
-        self._rejected: set[tuple[str, str, str]] = set()
-        self._touched: set[str] = set()
-        self._keys: dict[int, str] = {}
-        self._table_name = self._op = ""
-        self._duplicates: list[tuple[int, int, int, str, str, str, str, float]] = []
-        self._now = 0.0
+        self.batch = BatchStates(ledger)
 
     def prefetch(self, work: Work, items: list[Record | BadRecord]) -> None:
         """Read the ledger's state of a batch of records' keys before deciding them."""
         table = self.config.tables[work.folder.table.name]
-        op = work.folder.op.value
-        keys = {}
-        digests = []
-        for item in items:
-            if isinstance(item, Record):
-                try:
-                    keys[item.index] = key = table.key_of(item.data)
-                except MissingKey:
-                    continue
-                digests.append((key, item.digest))
-        self._keys, self._table_name, self._op = keys, table.name, op
-        self._now = time.time()
-        current, self._open = self.ledger.known_states(table.name, list(keys.values()))
-        changed = [(key, op, digest) for key, digest in digests if current.get(key) != (op, digest)]
-        self._current = current
-        self._rejected = self.ledger.rejected_before(table.name, changed)
-        self._touched = set()
+        self.batch.load(table, work.folder.op.value, items)
 
     def flush(self) -> None:
-        """Write the duplicates the fast path found (one statement for the batch)."""
-        self.ledger.add_duplicates(self._duplicates)
-        self._duplicates = []
+        """Write the duplicates the batch's fast path found."""
+        self.batch.flush()
 
     def checkpoint(self) -> None:
         """Raise the first service failure met, once every call in flight has come back."""
@@ -114,33 +87,12 @@ class RecordSender:
         return True
 
     def first_time(self, work: Work, item: Record | BadRecord) -> None:
-        # The fast path, taken by every record of a re-dropped file: kept to dictionary look-ups.
-        key = self._keys.get(item.index)
-        known: Decision | None = None
-        if (
-            key is not None
-            and isinstance(item, Record)
-            and key not in self._touched
-            and key not in self._open
-            and (not len(self.pool) or self.pool.in_flight((self._table_name, key)) is None)
-        ):
-            op, digest = self._op, item.digest
-            if self._current.get(key) == (op, digest):
-                self._duplicates.append(
-                    (
-                        work.file_id,
-                        item.index,
-                        item.line,
-                        self._table_name,
-                        op,
-                        key,
-                        digest,
-                        self._now,
-                    )
-                )
+        key = self.batch.key(item)
+        known = None
+        if key is not None and isinstance(item, Record):
+            known = self.batch.decide(work, item, key, self.pool)
+            if known is DUPLICATE:
                 return
-            if (key, op, digest) not in self._rejected:
-                known = SEND  # what `Ledger.decide` would answer, from the batch's states
         table = self.config.tables[work.folder.table.name]
         base = dict(
             file_id=work.file_id,
@@ -159,7 +111,7 @@ class RecordSender:
                 self._refuse(work, base, str(exc), exc.field, item.payload)
                 return
         # Once a key is sent or decided here, the states read in advance say nothing of it.
-        self._touched.add(key)
+        self.batch.touch(key)
         self._decide_and_send(work, None, key, item, base=base, known=known)
 
     def _refuse(

@@ -1,8 +1,8 @@
-"""The ledger's write side: files and records, their outcomes, and the rule against sending twice.
+"""The ledger's write side: files and records and their outcomes (the rule's reads: rule.py).
 
-The only module that imports sqlite_utils or speaks SQL. One Ledger is used by one thread at a
-time; the pipeline decides when to commit, so that a re-dropped file of a million duplicates
-costs one commit per batch while every call is still preceded by a committed `sending` mark.
+One Ledger is used by one thread at a time; the pipeline decides when to commit, so that a
+re-dropped file of a million duplicates costs one commit per batch while every call is still
+preceded by a committed `sending` mark.
 """
 
 from __future__ import annotations
@@ -12,29 +12,18 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlite_utils import Database
 
 from hzsyncd.errors import LedgerError
 from hzsyncd.ledger.checkpoint import Checkpointer
+from hzsyncd.ledger.rule import DuplicateRule
 from hzsyncd.ledger.schema import SCHEMA_VERSION, migrations
 
 BUSY_TIMEOUT_SECONDS = 10.0
 CACHE_KIB = 4096
-
-Action = Literal["send", "duplicate", "rejected", "wait"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with a record: `previous` holds the stored rejection for `rejected`."""
-
-    action: Action
-    previous: dict[str, Any] | None = None
-
 
 _RECORD_COLUMNS = (
     "id, file_id, idx, line, table_name, op, key, hash, state, outcome, code, messages, "
@@ -43,7 +32,7 @@ _RECORD_COLUMNS = (
 )
 
 
-class Ledger:
+class Ledger(DuplicateRule):
     """An open ledger file. Use `Ledger.open(path)`; close with `close()` or `with`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
@@ -209,36 +198,6 @@ class Ledger:
         row = self._execute("SELECT max(idx) FROM records WHERE file_id = ?", [file_id]).fetchone()
         return -1 if row is None or row[0] is None else int(row[0])
 
-    def decide(self, table: str, key: str, op: str, digest: str, record_id: int | None) -> Decision:
-        """Apply the duplicate rule (DESIGN §4) to a record about to be sent.
-
-        `wait` means an earlier record of the same key is not final yet: sending this one
-        would let it overtake that one.
-        """
-        # An earlier version still open goes first, even where this one looks like a
-        # duplicate: that version may yet change what the server holds.
-        earlier = self._execute(
-            "SELECT id FROM records WHERE table_name = ? AND key = ? AND state != 'final' "
-            "AND id < ? LIMIT 1",
-            [table, key, record_id if record_id is not None else 2**62],
-        ).fetchone()
-        if earlier is not None:
-            return Decision("wait")
-        cur = self._execute(
-            "SELECT op, hash FROM current WHERE table_name = ? AND key = ?", [table, key]
-        ).fetchone()
-        if cur is not None and cur[0] == op and cur[1] == digest:
-            return Decision("duplicate")
-        rejected = self._one(
-            "SELECT id, outcome, code, messages, response FROM records "
-            "WHERE table_name = ? AND key = ? AND op = ? AND hash = ? AND state = 'final' "
-            "AND outcome = 'rejected' AND id != ? ORDER BY id DESC LIMIT 1",
-            [table, key, op, digest, record_id or 0],
-        )
-        if rejected is not None:
-            return Decision("rejected", rejected)
-        return Decision("send")
-
     def add_record(self, **fields: Any) -> int:
         now = time.time()
         fields.setdefault("created_at", now)
@@ -246,56 +205,6 @@ class Ledger:
         if isinstance(fields.get("messages"), (list, tuple)):
             fields["messages"] = json.dumps(list(fields["messages"]), ensure_ascii=False)
         return self._insert("records", fields)
-
-    def known_states(
-        self, table: str, keys: Sequence[str]
-    ) -> tuple[dict[str, tuple[str, str]], set[str]]:
-        """For a batch of keys, in two statements: each key's current (op, hash), and the keys
-        that have a record not yet final. The pipeline's fast path for duplicates."""
-        current: dict[str, tuple[str, str]] = {}
-        open_keys: set[str] = set()
-        unique = list(dict.fromkeys(keys))
-        # Usually no record of the table is open; then one look at the small index suffices.
-        any_open = self._execute(
-            "SELECT 1 FROM records WHERE table_name = ? AND state != 'final' LIMIT 1", [table]
-        ).fetchone()
-        for start in range(0, len(unique), 500):
-            part = unique[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for key, op, digest in self._execute(
-                f"SELECT key, op, hash FROM current WHERE table_name = ? AND key IN ({marks})",
-                [table, *part],
-            ):
-                current[key] = (op, digest)
-            if any_open is None:
-                continue
-            for (key,) in self._execute(
-                f"SELECT DISTINCT key FROM records WHERE table_name = ? AND key IN ({marks}) "
-                "AND state != 'final'",
-                [table, *part],
-            ):
-                open_keys.add(key)
-        return current, open_keys
-
-    def rejected_before(
-        self, table: str, candidates: Sequence[tuple[str, str, str]]
-    ) -> set[tuple[str, str, str]]:
-        """Of (key, op, hash) triples, those the server rejected before: the batch form of
-        `decide`'s third question, asked only for the records that are not duplicates."""
-        found: set[tuple[str, str, str]] = set()
-        keys = list(dict.fromkeys(key for key, _, _ in candidates))
-        wanted = set(candidates)
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._execute(
-                f"SELECT key, op, hash FROM records WHERE table_name = ? AND key IN ({marks}) "
-                "AND state = 'final' AND outcome = 'rejected'",
-                [table, *part],
-            ):
-                if row in wanted:
-                    found.add(row)
-        return found
 
     def add_duplicates(
         self, rows: Sequence[tuple[int, int, int, str, str, str, str, float]]
@@ -425,10 +334,6 @@ class Ledger:
         )
         self.commit()
         return dropped
-
-    def current(self, table: str, key: str) -> dict[str, Any] | None:
-        """The key's last accepted operation and hash: the duplicate rule's only input."""
-        return self._one("SELECT * FROM current WHERE table_name = ? AND key = ?", [table, key])
 
     def retryable_rejections(
         self, table: str | None, key: str | None, local_code: str
