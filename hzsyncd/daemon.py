@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import simplejson
-
 from hzsyncd import logs
 from hzsyncd import spool as spool_mod
 from hzsyncd.config import Config, find_config, load_config
+from hzsyncd.disposal import refuse
 from hzsyncd.errors import ConfigError, InputError, Interrupted, IpDenied, TransportFailure
 from hzsyncd.ledger import Ledger
 from hzsyncd.lock import owner_lock
@@ -239,7 +238,7 @@ class Daemon:
             try:
                 work = self.pipeline.claim(job.path, job.folder)
             except InputError as exc:
-                self._refuse(job.path, job.folder, exc.reason)
+                refuse(job.path, job.folder, exc.reason)
                 return
         else:
             work = job.work
@@ -357,39 +356,7 @@ class Daemon:
 
     def _refuse_unusable(self) -> None:
         for path, folder, reason in self.watcher.refused():
-            self._refuse(path, folder, reason)
-
-    def _refuse(self, path: Path, folder: DropFolder, reason: str) -> None:
-        event(
-            logging.WARNING,
-            f"refused: {reason}",
-            table=folder.table.name,
-            op=folder.op.value,
-            file=path.name,
-            outcome="rejected",
-            code="invalid",
-        )
-        if path.is_dir() and not path.is_symlink():
-            return
-        try:
-            dest = spool_mod.move_no_overwrite(path, folder.failed_dir)
-            line = {
-                "line": 0,
-                "index": None,
-                "key": None,
-                "outcome": "rejected",
-                "code": "invalid",
-                "field": None,
-                "messages": [reason],
-                "record": None,
-            }
-            spool_mod.write_new(
-                folder.failed_dir,
-                dest.name + ".errors.ndjson",
-                (simplejson.dumps(line, ensure_ascii=False) + "\n").encode(),
-            )
-        except OSError as exc:
-            event(logging.ERROR, f"cannot move to failed/: {exc}", file=path.name)
+            refuse(path, folder, reason)
 
     def reload(self) -> None:
         """SIGHUP: take a new configuration, or keep the old one if the new one is wrong."""

@@ -16,6 +16,7 @@ from hzsyncd import spool as spool_mod
 from hzsyncd.ledger import Ledger
 from hzsyncd.logs import event
 from hzsyncd.outcomes import INVALID_CODE, Outcome
+from hzsyncd.spool import DropFolder
 from hzsyncd.work import FileReport, Work, identity
 
 
@@ -187,3 +188,39 @@ def _as_record(payload: str | None) -> Any:
     except (ValueError, RecursionError, UnicodeEncodeError):
         return payload
     return record
+
+
+def refuse(path: Path, folder: DropFolder, reason: str) -> None:
+    """A file the daemon will not take (a FIFO or symlink with a data name, one it cannot
+    read): logged, and moved to failed/ with a one-line errors report, without a ledger row.
+    A directory is only logged: it may be someone's work in progress."""
+    event(
+        logging.WARNING,
+        f"refused: {reason}",
+        table=folder.table.name,
+        op=folder.op.value,
+        file=path.name,
+        outcome="rejected",
+        code="invalid",
+    )
+    if path.is_dir() and not path.is_symlink():
+        return
+    try:
+        dest = spool_mod.move_no_overwrite(path, folder.failed_dir)
+        line = {
+            "line": 0,
+            "index": None,
+            "key": None,
+            "outcome": "rejected",
+            "code": "invalid",
+            "field": None,
+            "messages": [reason],
+            "record": None,
+        }
+        spool_mod.write_new(
+            folder.failed_dir,
+            dest.name + ".errors.ndjson",
+            (simplejson.dumps(line, ensure_ascii=False) + "\n").encode(),
+        )
+    except OSError as exc:
+        event(logging.ERROR, f"cannot move to failed/: {exc}", file=path.name)
