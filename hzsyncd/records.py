@@ -93,32 +93,35 @@ class RecordSender:
             known = self.batch.decide(work, item, key, self.pool)
             if known is DUPLICATE:
                 return
-        table = self.config.tables[work.folder.table.name]
-        base = dict(
-            file_id=work.file_id,
-            idx=item.index,
-            line=item.line,
-            table_name=table.name,
-            op=work.folder.op.value,
-        )
         if isinstance(item, BadRecord):
-            self._refuse(work, base, item.reason, item.field, item.text)
+            self._refuse(work, item, item.reason, item.field, item.text)
             return
         if key is None:
             try:
-                key = table.key_of(item.data)
+                key = self.config.tables[work.folder.table.name].key_of(item.data)
             except MissingKey as exc:
-                self._refuse(work, base, str(exc), exc.field, item.payload)
+                self._refuse(work, item, str(exc), exc.field, item.payload)
                 return
         # Once a key is sent or decided here, the states read in advance say nothing of it.
         self.batch.touch(key)
-        self._decide_and_send(work, None, key, item, base=base, known=known)
+        self._decide_and_send(work, None, key, item, known=known)
+
+    @staticmethod
+    def _place(work: Work, item: Record | BadRecord) -> dict[str, Any]:
+        """The columns that say where a record comes from, for a row written field by field."""
+        return dict(
+            file_id=work.file_id,
+            idx=item.index,
+            line=item.line,
+            table_name=work.folder.table.name,
+            op=work.folder.op.value,
+        )
 
     def _refuse(
-        self, work: Work, base: dict[str, Any], reason: str, field: str | None, text: str
+        self, work: Work, item: Record | BadRecord, reason: str, field: str | None, text: str
     ) -> None:
         self.ledger.add_record(
-            **base,
+            **self._place(work, item),
             state="final",
             outcome=Outcome.REJECTED.value,
             code=INVALID_CODE,
@@ -128,9 +131,9 @@ class RecordSender:
         )
         event(
             logging.WARNING,
-            f"line {base['line']}: {reason}",
-            table=base["table_name"],
-            op=base["op"],
+            f"line {item.line}: {reason}",
+            table=work.folder.table.name,
+            op=work.folder.op.value,
             file=work.name,
             outcome=Outcome.REJECTED.value,
             code=INVALID_CODE,
@@ -153,7 +156,6 @@ class RecordSender:
         key: str,
         item: Record,
         row: dict[str, Any] | None = None,
-        base: dict[str, Any] | None = None,
         known: Decision | None = None,
     ) -> None:
         """Decide and act; a record met for the first time (`record_id` None) gets its ledger
@@ -167,14 +169,24 @@ class RecordSender:
         decision = known or self.ledger.decide(table_name, key, op, item.digest, record_id)
         if decision.action == "duplicate":
             if record_id is None:
-                self.ledger.add_duplicate(
-                    work.file_id, item.index, item.line, table_name, op, key, item.digest
+                self.ledger.add_duplicates(
+                    [
+                        (
+                            work.file_id,
+                            item.index,
+                            item.line,
+                            table_name,
+                            op,
+                            key,
+                            item.digest,
+                            time.time(),
+                        )
+                    ]
                 )
             else:
                 self.ledger.update_record(record_id, state="final", outcome=Outcome.DUPLICATE.value)
             return
         if record_id is None:
-            assert base is not None
             # Written as `sending` at once when it is about to be sent: one statement less.
             if decision.action == "send" and self.failure is None:
                 record_id = self.ledger.add_sending(
@@ -182,7 +194,9 @@ class RecordSender:
                 )
                 self._submit(work, record_id, key, item, row)
                 return
-            record_id = self.ledger.add_record(**base, key=key, hash=item.digest, state="pending")
+            record_id = self.ledger.add_record(
+                **self._place(work, item), key=key, hash=item.digest, state="pending"
+            )
         if decision.action == "rejected" and decision.previous is not None:
             prev = decision.previous
             self.ledger.update_record(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -96,14 +98,21 @@ class NotifySocket:
 
 
 class DaemonProcess:
-    """`python -m hzsyncd run -c CONFIG` with stderr captured to a file."""
+    """`python -m hzsyncd run -c CONFIG` with stderr captured to a file, optionally with a
+    command in front (`prefix`, e.g. setpriv)."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ):
         self.log = log
         environ = child_env(**(env or {}))
         with log.open("ab") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hzsyncd", "run", "-c", str(config)],
+                [*(prefix or []), sys.executable, "-m", "hzsyncd", "run", "-c", str(config)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=environ,
@@ -136,3 +145,22 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def start_ready(
+    config: Path, log: Path, prefix: list[str] | None = None, **env: str
+) -> DaemonProcess:
+    """`hzsyncd run`, returned once it has sent READY=1 (its notify socket is then closed: later
+    notifications fail at once, and the daemon logs that once)."""
+    notify = NotifySocket(Path(tempfile.mkdtemp(prefix="hz")) / "n.sock")
+    try:
+        daemon = DaemonProcess(config, log, {**env, "NOTIFY_SOCKET": str(notify.path)}, prefix)
+        try:
+            notify.wait("READY=1", 20)
+        except AssertionError:
+            daemon.kill()
+            raise AssertionError(f"daemon not ready; log:\n{daemon.output()[-3000:]}") from None
+    finally:
+        notify.close()
+        shutil.rmtree(notify.path.parent)
+    return daemon

@@ -16,8 +16,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -27,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import data_calls, ndjson, write_config
-from daemon_helpers import DaemonProcess, NotifySocket, child_env, wait_for
+from daemon_helpers import DaemonProcess, start_ready, wait_for
 
 from hzsyncd.emulator import Emulator
 
@@ -231,42 +229,6 @@ class Run:
         return found
 
 
-def start_daemon(
-    config: Path, log: Path, prefix: list[str] | None = None, **env: str
-) -> DaemonProcess:
-    """`hzsyncd run` (optionally under `prefix`, e.g. setpriv), returned once READY=1."""
-    notify = NotifySocket(Path(tempfile.mkdtemp(prefix="hz")) / "n.sock")
-    env["NOTIFY_SOCKET"] = str(notify.path)
-    try:
-        if prefix is None:
-            daemon = DaemonProcess(config, log, env)
-        else:
-            daemon = _Wrapped(config, log, prefix, env)
-        try:
-            notify.wait("READY=1", 20)
-        except AssertionError:
-            daemon.kill()
-            raise AssertionError(f"daemon not ready; log:\n{daemon.output()[-3000:]}") from None
-    finally:
-        notify.close()
-        shutil.rmtree(notify.path.parent)
-    return daemon
-
-
-class _Wrapped(DaemonProcess):
-    """DaemonProcess with a command in front (setpriv ... python -m hzsyncd run)."""
-
-    def __init__(self, config: Path, log: Path, prefix: list[str], env: dict[str, str]):
-        self.log = log
-        with log.open("ab") as stderr:
-            self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "hzsyncd", "run", "-c", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=child_env(**env),
-            )
-
-
 # Cases that took the shared daemon down when this corpus was written (see the report): each
 # runs on a daemon of its own, so that one defect does not hide the verdict on every other case.
 ISOLATED = {"deep_nesting_100k.ndjson", "lone_surrogate.ndjson"}
@@ -278,7 +240,7 @@ def corpus_run(root: Path, cases: list[Case]) -> Iterator[Run]:
     """One emulator and one daemon; every file of `cases` dropped; back once all are final."""
     with Emulator(port=0, allow=["127.0.0.1"], receipts=root / "receipts.ndjson") as emu:
         config = write_config(root, emu.wsdl_url, **FAST)
-        daemon = start_daemon(config, root / "daemon.log")
+        daemon = start_ready(config, root / "daemon.log")
         try:
             r = Run(root, emu, daemon, config)
             for case in cases:
@@ -537,7 +499,7 @@ def test_file_deleted_while_read_is_reported_and_the_daemon_keeps_running(
 ) -> None:
     emu, config, daemons = own
     emu.latency_ms = 15
-    daemon = start_daemon(config, tmp_path / "daemon.log")
+    daemon = start_ready(config, tmp_path / "daemon.log")
     daemons.append(daemon)
     drop = tmp_path / "spool" / TABLE
     tmp = drop / "doomed.tmp"
@@ -571,7 +533,7 @@ def test_unreadable_file_for_a_non_root_daemon_goes_to_failed_and_neighbours_are
     probe = subprocess.run([*prefix, "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode()[:200]}")
-    daemon = start_daemon(config, tmp_path / "daemon.log", prefix)
+    daemon = start_ready(config, tmp_path / "daemon.log", prefix)
     daemons.append(daemon)
     drop = tmp_path / "spool" / TABLE
     secret = drop / "secret.tmp"

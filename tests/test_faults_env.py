@@ -12,18 +12,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import data_calls, ndjson, write_config
-from daemon_helpers import DaemonProcess, NotifySocket, child_env, wait_for
+from daemon_helpers import DaemonProcess, child_env, start_ready, wait_for
 
 from hzsyncd.emulator import Emulator
 
@@ -99,22 +97,6 @@ def fill(folder: Path) -> Path:
             except OSError:
                 break
     return filler
-
-
-def start(config: Path, log: Path) -> DaemonProcess:
-    """`hzsyncd run`, returned once it has sent READY=1."""
-    notify = NotifySocket(Path(tempfile.mkdtemp(prefix="hz")) / "n.sock")
-    try:
-        daemon = DaemonProcess(config, log, {"NOTIFY_SOCKET": str(notify.path)})
-        try:
-            notify.wait("READY=1", 20)
-        except AssertionError:
-            daemon.kill()
-            raise AssertionError(f"daemon not ready:\n{daemon.output()[-2000:]}") from None
-    finally:
-        notify.close()
-        shutil.rmtree(notify.path.parent)
-    return daemon
 
 
 def run_once(config: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -210,7 +192,7 @@ def test_spool_on_a_full_file_system(
     reserve.unlink()
     config = write_config(tmp_path, emu.wsdl_url, **FAST)
 
-    daemon = start(config, tmp_path / "d0.log")
+    daemon = start_ready(config, tmp_path / "d0.log")
     daemons.append(daemon)
     wait_for(lambda: in_done(drop, "good.ndjson"), 15, "the good file in done/")
     finish_or_exit(daemon, lambda: "No space left on device" in daemon.output(), 15)
@@ -232,7 +214,7 @@ def test_spool_on_a_full_file_system(
     # Room again: the failed file gets its report, and nothing is sent a second time.
     filler.unlink()
     if daemon.proc.poll() is not None:
-        daemons.append(start(config, tmp_path / "d1.log"))
+        daemons.append(start_ready(config, tmp_path / "d1.log"))
     report = drop / "failed" / "mixed.ndjson.errors.ndjson"
     wait_for(report.exists, 15, "the errors report once there is room")
     [error] = [json.loads(line) for line in report.read_text("utf-8").splitlines()]
@@ -247,7 +229,7 @@ def test_done_folder_not_writable(
     drop = tmp_path / "spool" / TABLE
     read_only(mount, drop / "done")
     config = write_config(tmp_path, emu.wsdl_url, **FAST)
-    daemon = start(config, tmp_path / "d0.log")
+    daemon = start_ready(config, tmp_path / "d0.log")
     daemons.append(daemon)
     put(drop, "good.ndjson", records("RO-", 3))
 
@@ -265,7 +247,7 @@ def test_done_folder_not_writable(
     subprocess.run(["umount", "-l", str(drop / "done")], check=True)
     subprocess.run(["umount", "-l", str(drop / "done")], capture_output=True)
     if daemon.proc.poll() is not None:
-        daemon = start(config, tmp_path / "d1.log")
+        daemon = start_ready(config, tmp_path / "d1.log")
         daemons.append(daemon)
     put(drop, "nudge.ndjson", records("RO-N", 1))  # the daemon retries what it holds, or not
     wait_for(lambda: in_done(drop, "good.ndjson"), 15, "good.ndjson in done/ once writable")
@@ -278,7 +260,7 @@ def test_done_folder_not_writable(
 def _first_run(tmp_path: Path, emu: Emulator, daemons: list[DaemonProcess]) -> tuple[Path, Path]:
     """A daemon that delivered one file and stopped cleanly: the config and the drop folder."""
     config = write_config(tmp_path, emu.wsdl_url, **FAST)
-    daemon = start(config, tmp_path / "first.log")
+    daemon = start_ready(config, tmp_path / "first.log")
     daemons.append(daemon)
     drop = tmp_path / "spool" / TABLE
     put(drop, "first.ndjson", records("L1-", 3))
@@ -315,7 +297,7 @@ def test_ledger_on_a_full_disk(
     var = tmp_path / "var"
     tmpfs(mount, var, "16m")
     config = write_config(tmp_path, emu.wsdl_url, **FAST)
-    daemon = start(config, tmp_path / "d0.log")
+    daemon = start_ready(config, tmp_path / "d0.log")
     daemons.append(daemon)
     drop = tmp_path / "spool" / TABLE
     put(drop, "before.ndjson", records("LF-A", 3))
@@ -332,7 +314,7 @@ def test_ledger_on_a_full_disk(
     assert list(drop.glob("failed/*")) == [], "a good file marked failed"
 
     filler.unlink()
-    daemons.append(start(config, tmp_path / "d1.log"))
+    daemons.append(start_ready(config, tmp_path / "d1.log"))
     wait_for(lambda: in_done(drop, "during.ndjson"), 15, "the file delivered once there is room")
     sent = keys(emu, "LF-B")
     assert sorted(set(sent)) == [f"LF-B{i:03}" for i in range(300)], "a record lost"

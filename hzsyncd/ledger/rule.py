@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,34 +58,42 @@ class DuplicateRule:
             return Decision("rejected", rejected)
         return Decision("send")
 
+    def _rows_for_keys(self, sql: str, table: str, keys: Iterable[str]) -> Iterator[Any]:
+        """Rows of `sql` (whose `{keys}` is an IN list) for many keys, 500 to a statement: well
+        under SQLite's limit on parameters."""
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            yield from self._execute(sql.format(keys=",".join("?" * len(part))), [table, *part])
+
     def known_states(
         self, table: str, keys: Sequence[str]
     ) -> tuple[dict[str, tuple[str, str]], set[str]]:
-        """For a batch of keys, in two statements: each key's current (op, hash), and the keys
-        that have a record not yet final. The pipeline's fast path for duplicates."""
-        current: dict[str, tuple[str, str]] = {}
-        open_keys: set[str] = set()
-        unique = list(dict.fromkeys(keys))
+        """For a batch of keys: each key's current (op, hash), and the keys that have a record
+        not yet final. The pipeline's fast path for duplicates."""
+        current = {
+            key: (op, digest)
+            for key, op, digest in self._rows_for_keys(
+                "SELECT key, op, hash FROM current WHERE table_name = ? AND key IN ({keys})",
+                table,
+                keys,
+            )
+        }
         # Usually no record of the table is open; then one look at the small index suffices.
         any_open = self._execute(
             "SELECT 1 FROM records WHERE table_name = ? AND state != 'final' LIMIT 1", [table]
         ).fetchone()
-        for start in range(0, len(unique), 500):
-            part = unique[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for key, op, digest in self._execute(
-                f"SELECT key, op, hash FROM current WHERE table_name = ? AND key IN ({marks})",
-                [table, *part],
-            ):
-                current[key] = (op, digest)
-            if any_open is None:
-                continue
-            for (key,) in self._execute(
-                f"SELECT DISTINCT key FROM records WHERE table_name = ? AND key IN ({marks}) "
+        if any_open is None:
+            return current, set()
+        open_keys = {
+            key
+            for (key,) in self._rows_for_keys(
+                "SELECT DISTINCT key FROM records WHERE table_name = ? AND key IN ({keys}) "
                 "AND state != 'final'",
-                [table, *part],
-            ):
-                open_keys.add(key)
+                table,
+                keys,
+            )
+        }
         return current, open_keys
 
     def rejected_before(
@@ -93,20 +101,14 @@ class DuplicateRule:
     ) -> set[tuple[str, str, str]]:
         """Of (key, op, hash) triples, those the server rejected before: the batch form of
         `decide`'s third question, asked only for the records that are not duplicates."""
-        found: set[tuple[str, str, str]] = set()
-        keys = list(dict.fromkeys(key for key, _, _ in candidates))
         wanted = set(candidates)
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._execute(
-                f"SELECT key, op, hash FROM records WHERE table_name = ? AND key IN ({marks}) "
-                "AND state = 'final' AND outcome = 'rejected'",
-                [table, *part],
-            ):
-                if row in wanted:
-                    found.add(row)
-        return found
+        rows = self._rows_for_keys(
+            "SELECT key, op, hash FROM records WHERE table_name = ? AND key IN ({keys}) "
+            "AND state = 'final' AND outcome = 'rejected'",
+            table,
+            (key for key, _, _ in candidates),
+        )
+        return {row for row in rows if row in wanted}
 
     def current(self, table: str, key: str) -> dict[str, Any] | None:
         """The key's last accepted operation and hash: the duplicate rule's only input."""

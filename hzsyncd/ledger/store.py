@@ -209,7 +209,8 @@ class Ledger(DuplicateRule):
     def add_duplicates(
         self, rows: Sequence[tuple[int, int, int, str, str, str, str, float]]
     ) -> None:
-        """Duplicates found by the fast path: (file_id, idx, line, table, op, key, hash, time)."""
+        """Duplicates, one statement for any number: (file_id, idx, line, table, op, key,
+        hash, time). The hot path of a re-dropped file: no call, no reply."""
         if not rows:
             return
         self.begin()
@@ -222,17 +223,6 @@ class Ledger(DuplicateRule):
             )
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: {exc}") from exc
-
-    def add_duplicate(
-        self, file_id: int, idx: int, line: int, table: str, op: str, key: str, digest: str
-    ) -> None:
-        """The hot path of a re-dropped file: one fixed statement, no call, no reply."""
-        now = time.time()
-        self._write(
-            "INSERT INTO records (file_id, idx, line, table_name, op, key, hash, state, outcome, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'final', 'duplicate', ?, ?)",
-            (file_id, idx, line, table, op, key, digest, now, now),
-        )
 
     def update_record(self, record_id: int, **fields: Any) -> None:
         fields.setdefault("updated_at", time.time())
